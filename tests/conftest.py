@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests never touch the network and write only under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# datasets, evaluate and transformers read their cache folders at import time: point them at a temporary
+# folder before any test imports them, so tests never write into the user's home.
+_HF_HOME = tempfile.mkdtemp(prefix="cryonuseg-hf-test-home-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
+os.environ["HF_MODULES_CACHE"] = os.path.join(_HF_HOME, "modules")
+os.environ["HF_METRICS_CACHE"] = os.path.join(_HF_HOME, "metrics")
+
+
+@pytest.fixture(scope="session")
+def release_path() -> Path:
+    """The real CryoNuSeg release (``$CRYONUSEG_DATA`` or ``../shared/datasets/cryonuseg``).
+
+    Missing data skips the test on a developer's machine, and fails it in CI, where the data must be there.
+    """
+    from cryonuseg_hf.release import default_source
+
+    path = default_source()
+    if not path.exists():
+        message = f"CryoNuSeg release not found at {path}; set $CRYONUSEG_DATA"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def release(release_path):
+    from cryonuseg_hf.release import open_release
+
+    return open_release(release_path)
