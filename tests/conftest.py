@@ -42,3 +42,16 @@ def release(release_path):
     from cryonuseg_hf.release import open_release
 
     return open_release(release_path)
+
+
+@pytest.fixture(scope="session")
+def built_dataset(release_path, tmp_path_factory) -> Path:
+    """A Hub-ready dataset folder built once from the real release (all three configs).
+
+    The folder is named ``cryonuseg``, so ``load_dataset("cryonuseg")`` works from its parent folder.
+    """
+    from cryonuseg_hf.builder import build
+
+    out = tmp_path_factory.mktemp("built") / "cryonuseg"
+    build(release_path, out)
+    return out
