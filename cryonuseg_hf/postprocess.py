@@ -1,0 +1,206 @@
+"""Class probabilities (background / nucleus interior / nucleus boundary) -> nuclei instance labels.
+
+The recipe, in the order it runs:
+
+1. markers: connected components (4-neighbour) of ``p_interior > interior_threshold``; components smaller than
+   ``min_marker_size`` pixels are dropped;
+2. nucleus region: ``1 - p_background > mask_threshold`` (interior or boundary);
+3. watershed of the markers into the nucleus region on the elevation ``1 - p_interior``, so boundary rings go
+   to the interior they surround and touching nuclei split along the boundary class;
+4. region components that hold no marker (nuclei too thin to have an interior) become nuclei of their own;
+5. instances smaller than ``min_size`` pixels are removed, and labels are renumbered 1..N.
+
+The tuned parameters travel with the checkpoint: ``config.json`` holds them under ``cryonuseg_postprocess`` and
+the input scale under ``cryonuseg_input_scale``; :func:`params_from_config` reads both. ``tune_params`` picks
+them on training tiles only (the caller passes training tiles; nothing here knows the folds).
+
+>>> import numpy as np
+>>> probabilities_to_instances(np.stack([np.ones((4, 4)), np.zeros((4, 4)), np.zeros((4, 4))])).max()
+np.int32(0)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+CONFIG_KEY = "cryonuseg_postprocess"
+INPUT_SCALE_KEY = "cryonuseg_input_scale"
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Thresholds of :func:`probabilities_to_instances` (probabilities in 0..1, sizes in pixels at 40x)."""
+
+    interior_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    min_marker_size: int = 3
+    min_size: int = 10
+    unmarked_components: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PostprocessParams:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(
+                f"unknown post-processing parameter(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**values)
+
+
+def params_from_config(config: Any) -> tuple[PostprocessParams, float]:
+    """The post-processing parameters and input scale stored in a checkpoint config.
+
+    Args:
+        config: a ``transformers`` config, a dict (``config.json`` contents) or a path to ``config.json`` or to
+            a checkpoint folder.
+
+    Returns:
+        ``(params, input_scale)``; defaults (and scale 1.0) for keys the config does not carry.
+    """
+    import json
+    from pathlib import Path
+
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint config.json there")
+        config = json.loads(path.read_text())
+    values = config if isinstance(config, dict) else config.to_dict()
+    params = PostprocessParams.from_dict(values.get(CONFIG_KEY) or {})
+    scale = float(values.get(INPUT_SCALE_KEY, 1.0))
+    if scale <= 0:
+        raise ValueError(f"{INPUT_SCALE_KEY} must be > 0, got {scale}")
+    return params, scale
+
+
+def _check_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if probabilities.ndim != 3 or probabilities.shape[0] < 3:
+        raise ValueError(
+            "expected (C, H, W) class probabilities with C >= 3 (background, nucleus interior, nucleus boundary), "
+            f"got shape {probabilities.shape}"
+        )
+    if not np.isfinite(probabilities).all():
+        raise ValueError("class probabilities hold NaN or infinite values")
+    return probabilities
+
+
+def probabilities_to_instances(
+    probabilities: np.ndarray, params: PostprocessParams | dict | None = None
+) -> np.ndarray:
+    """Nuclei instance labels from class probabilities.
+
+    Args:
+        probabilities: (C, H, W) float32 softmax output at image resolution; channel 0 background, 1 nucleus
+            interior, 2 nucleus boundary.
+        params: a :class:`PostprocessParams`, its dict form, or None for the defaults.
+
+    Returns:
+        (H, W) int32 instance labels, 0 = background, nuclei numbered 1..N in raster order of their first pixel.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    probabilities = _check_probabilities(probabilities)
+    if params is None:
+        params = PostprocessParams()
+    elif isinstance(params, dict):
+        params = PostprocessParams.from_dict(params)
+    p_interior = probabilities[1]
+    region = (1.0 - probabilities[0]) > params.mask_threshold
+    seeds = (p_interior > params.interior_threshold) & region
+    markers, n_markers = ndi.label(seeds)
+    if n_markers and params.min_marker_size > 1:
+        sizes = np.bincount(markers.ravel())
+        small = sizes < params.min_marker_size
+        small[0] = False
+        markers[small[markers]] = 0
+    labels = watershed(1.0 - p_interior, markers=markers, mask=region) if markers.any() else markers
+    if params.unmarked_components:
+        orphans, n_orphans = ndi.label(region & (labels == 0))
+        if n_orphans:
+            labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    return _relabel(labels, params.min_size)
+
+
+def _relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Labels smaller than ``min_size`` removed, the rest renumbered 1..N in raster order."""
+    flat = labels.ravel()
+    sizes = np.bincount(flat)
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    values, first = np.unique(flat, return_index=True)
+    kept = [(pos, v) for v, pos in zip(values, first, strict=True) if keep[v]]
+    lookup = np.zeros(len(sizes), dtype=np.int32)
+    for new, (_, old) in enumerate(sorted(kept), start=1):
+        lookup[old] = new
+    return lookup[labels]
+
+
+def param_grid(
+    interior_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+    mask_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6),
+    min_sizes: Sequence[int] = (5, 10, 20, 30),
+) -> list[PostprocessParams]:
+    """The candidates :func:`tune_params` tries by default."""
+    return [
+        PostprocessParams(interior_threshold=i, mask_threshold=m, min_size=s)
+        for i, m, s in itertools.product(interior_thresholds, mask_thresholds, min_sizes)
+    ]
+
+
+def tune_params(
+    probabilities: Iterable[np.ndarray],
+    references: Iterable[np.ndarray],
+    candidates: Sequence[PostprocessParams] | None = None,
+    objective: Callable[[np.ndarray, np.ndarray], float] | None = None,
+) -> tuple[PostprocessParams, list[dict[str, Any]]]:
+    """The candidate with the best mean objective over (probabilities, reference instances) pairs.
+
+    Pass training tiles only: the chosen parameters ship with the model and are applied to unseen tiles.
+
+    Args:
+        probabilities: per tile, (C, H, W) probabilities from the model.
+        references: per tile, (H, W) ground-truth instance labels.
+        candidates: parameter sets to try (default :func:`param_grid`).
+        objective: ``f(truth, prediction) -> float`` to maximise; default mean of AJI and PQ from
+            ``cryonuseg_hf.metrics.score_tile``.
+
+    Returns:
+        ``(best params, one record per candidate with its params and mean objective)``.
+    """
+    if objective is None:
+        from cryonuseg_hf.metrics import score_tile
+
+        def objective(truth: np.ndarray, prediction: np.ndarray) -> float:
+            scores = score_tile(truth, prediction)
+            return 0.5 * (scores["aji"] + scores["pq"])
+
+    pairs = list(zip(probabilities, references, strict=True))
+    if not pairs:
+        raise ValueError("tune_params needs at least one (probabilities, reference) pair")
+    candidates = list(candidates) if candidates is not None else param_grid()
+    # min_size only filters the watershed result: run the watershed once per other setting.
+    unfiltered: dict[PostprocessParams, list[np.ndarray]] = {}
+    records = []
+    for params in candidates:
+        key = replace(params, min_size=0)
+        if key not in unfiltered:
+            unfiltered[key] = [probabilities_to_instances(p, key) for p, _ in pairs]
+        predictions = [_relabel(labels, params.min_size) for labels in unfiltered[key]]
+        value = float(
+            np.mean([objective(ref, pred) for (_, ref), pred in zip(pairs, predictions, strict=True)])
+        )
+        records.append({**params.to_dict(), "objective": value})
+    best = max(range(len(candidates)), key=lambda i: records[i]["objective"])
+    return candidates[best], records

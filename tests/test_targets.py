@@ -1,0 +1,76 @@
+"""Instance labels -> class maps: hand-computed golden arrays plus invariants on the real masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cryonuseg_hf.targets import (
+    BACKGROUND,
+    BOUNDARY,
+    INTERIOR,
+    classes_to_probabilities,
+    instances_to_classes,
+    label_edges,
+)
+
+
+def test_golden_touching_squares():
+    labels = np.zeros((7, 9), dtype=np.uint16)
+    labels[1:6, 1:4] = 3
+    labels[1:6, 4:8] = 7
+    expected = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 2, 2, 2, 2, 2, 2, 2, 0],
+            [0, 2, 1, 2, 2, 1, 1, 2, 0],
+            [0, 2, 1, 2, 2, 1, 1, 2, 0],
+            [0, 2, 1, 2, 2, 1, 1, 2, 0],
+            [0, 2, 2, 2, 2, 2, 2, 2, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ],
+        dtype=np.uint8,
+    )
+    np.testing.assert_array_equal(instances_to_classes(labels), expected)
+
+
+def test_wider_boundary_and_image_border():
+    labels = np.zeros((9, 9), dtype=np.int32)
+    labels[:, :5] = 1  # cut by the left image border
+    classes = instances_to_classes(labels, boundary_width=2)
+    # two-pixel ring towards the background, none along the image border
+    np.testing.assert_array_equal(classes[4], [1, 1, 1, 2, 2, 0, 0, 0, 0])
+    assert (classes[:, 0] == INTERIOR).all()
+
+
+def test_empty_and_bad_input():
+    assert (instances_to_classes(np.zeros((4, 4), dtype=np.uint16)) == BACKGROUND).all()
+    with pytest.raises(ValueError, match="integer instance label"):
+        instances_to_classes(np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="boundary_width"):
+        instances_to_classes(np.zeros((4, 4), dtype=np.uint16), boundary_width=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        instances_to_classes(-np.ones((4, 4), dtype=np.int32))
+
+
+def test_one_hot_probabilities():
+    classes = np.array([[0, 1], [2, 1]], dtype=np.uint8)
+    probabilities = classes_to_probabilities(classes)
+    assert probabilities.shape == (3, 2, 2) and probabilities.dtype == np.float32
+    np.testing.assert_array_equal(probabilities.argmax(0), classes)
+    np.testing.assert_array_equal(probabilities.sum(0), 1)
+
+
+def test_real_masks_invariants(release):
+    import tifffile
+
+    path = release.markups["annotator1_round2"].variants["label_masks_modify"]["Human_Larynx_01"]
+    labels = tifffile.imread(path)
+    classes = instances_to_classes(labels)
+    np.testing.assert_array_equal(classes > 0, labels > 0)
+    # no interior pixel of one nucleus touches another nucleus or the background (4-neighbours)
+    interior = classes == INTERIOR
+    assert not (interior & label_edges(labels)).any()
+    # every nucleus has a boundary ring
+    with_ring = np.unique(labels[classes == BOUNDARY])
+    np.testing.assert_array_equal(with_ring, np.unique(labels[labels > 0]))
