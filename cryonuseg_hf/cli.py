@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(check)
     check.set_defaults(func=_cmd_check)
 
+    agreement = sub.add_parser(
+        "agreement", help="score the three mark-ups against each other (intra- and inter-observer agreement)"
+    )
+    _add_source(agreement)
+    agreement.add_argument(
+        "--out", type=Path, default=Path("results"), help="folder for human_agreement.json/.md/_per_tile.csv"
+    )
+    agreement.set_defaults(func=_cmd_agreement)
+
     return parser
 
 
@@ -46,6 +55,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     validate_images(release)
     n_rois = {name: len(markup.rois) for name, markup in release.markups.items()}
     print(f"{release.root}: complete release, {len(release.images)} tiles, ROI sets per mark-up: {n_rois}")
+    return 0
+
+
+def _cmd_agreement(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.agreement import write_agreement
+    from cryonuseg_hf.release import open_release
+
+    release = open_release(_source(args))
+    agreement, paths = write_agreement(release, args.out)
+    for name, result in agreement.items():
+        means = "  ".join(f"{k} {v:.4f}" for k, v in result["mean"].items())
+        print(f"{name} ({result['prediction']} vs reference {result['reference']}): {means}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
