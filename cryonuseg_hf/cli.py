@@ -36,6 +36,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(check)
     check.set_defaults(func=_cmd_check)
 
+    build = sub.add_parser(
+        "build",
+        help="build the Hub dataset folder: Parquet per mark-up config plus the dataset card README.md",
+    )
+    build.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="raw release folder or Kaggle zip (default: $CRYONUSEG_DATA, else ../shared/datasets/cryonuseg; "
+        "if neither exists, the release is downloaded from Kaggle)",
+    )
+    build.add_argument("--out", type=Path, required=True, help="folder to create, e.g. cryonuseg")
+    build.add_argument("--overwrite", action="store_true", help="replace a previous build in --out")
+    build.set_defaults(func=_cmd_build)
+
+    download = sub.add_parser("download", help="download the raw release from Kaggle with kagglehub")
+    download.add_argument("--out", type=Path, default=None, help="target folder (default: kagglehub's cache)")
+    download.set_defaults(func=_cmd_download)
+
+    push = sub.add_parser("push", help="upload a build folder to a Hugging Face dataset repository")
+    push.add_argument("folder", type=Path, help="the folder made by `cryonuseg-hf build`")
+    push.add_argument("--repo-id", required=True, help="e.g. your-name/cryonuseg")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.set_defaults(func=_cmd_push)
+
     agreement = sub.add_parser(
         "agreement", help="score the three mark-ups against each other (intra- and inter-observer agreement)"
     )
@@ -44,6 +69,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("results"), help="folder for human_agreement.json/.md/_per_tile.csv"
     )
     agreement.set_defaults(func=_cmd_agreement)
+
+    predict = sub.add_parser(
+        "predict",
+        help="nuclei instances of H&E images: label TIFF, overlay PNG, QuPath GeoJSON, ImageJ ROI zip, CSV",
+    )
+    predict.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/TIFF files or folders of them")
+    predict.add_argument("-o", "--output", type=Path, required=True, help="output folder (created)")
+    predict.add_argument(
+        "--model", type=Path, default=None, help="saved SegFormer checkpoint (default: the shipped one)"
+    )
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    predict.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="onnx: onnxruntime on an export checked against torch and cached per checkpoint; "
+        "auto: onnx on the CPU, torch on a GPU",
+    )
+    predict.add_argument("--threads", type=int, default=None, help="CPU threads for torch/onnxruntime")
+    predict.add_argument("--tile-size", type=int, default=512, help="larger images are predicted in tiles")
+    predict.add_argument("--margin", type=int, default=64, help="context around each tile's core, pixels")
+    predict.add_argument("--tta", action="store_true", help="average over 8 flips/rotations (8x slower)")
+    predict.add_argument("--max-pixels", type=int, default=2**28, help="refuse larger images")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.set_defaults(func=_cmd_predict)
+
+    mask_report = sub.add_parser(
+        "mask-report", help="regenerate every mask variant from the ROIs and compare with the released files"
+    )
+    _add_source(mask_report)
+    mask_report.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results"),
+        help="folder for mask_agreement.csv and mask_agreement.md",
+    )
+    mask_report.add_argument("--tiles", nargs="+", default=None, help="only these tile ids (default: all 30)")
+    mask_report.set_defaults(func=_cmd_mask_report)
 
     return parser
 
@@ -58,6 +121,53 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.builder import MARKUPS, build
+    from cryonuseg_hf.hub import download_release
+
+    source = _source(args)
+    if args.source is None and not source.exists():
+        print(f"no local release at {source}; downloading it from Kaggle", file=sys.stderr)
+        try:
+            source = download_release()
+        except ConnectionError as error:
+            print(f"cryonuseg-hf build: error: {error}", file=sys.stderr)
+            return 2
+    timings: dict = {}
+    out = build(source, args.out, overwrite=args.overwrite, timings=timings)
+    print(f"built {', '.join(MARKUPS)} from {source} into {out} in {timings['total']:.1f} s")
+    print(f'load it with datasets.load_dataset("{out}") or, from {out.parent}, load_dataset("{out.name}")')
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.hub import download_release
+    from cryonuseg_hf.release import open_release
+
+    try:
+        path = download_release(args.out)
+    except ConnectionError as error:
+        print(f"cryonuseg-hf download: error: {error}", file=sys.stderr)
+        return 2
+    release = open_release(path)
+    print(
+        f"downloaded the release to {release.root}; build with: cryonuseg-hf build --source {path} --out cryonuseg"
+    )
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.hub import push_dataset
+
+    try:
+        url = push_dataset(args.folder, args.repo_id, private=args.private)
+    except ConnectionError as error:
+        print(f"cryonuseg-hf push: error: {error}", file=sys.stderr)
+        return 2
+    print(f"pushed {args.folder} to https://huggingface.co/datasets/{args.repo_id} ({url})")
+    return 0
+
+
 def _cmd_agreement(args: argparse.Namespace) -> int:
     from cryonuseg_hf.agreement import write_agreement
     from cryonuseg_hf.release import open_release
@@ -68,6 +178,41 @@ def _cmd_agreement(args: argparse.Namespace) -> int:
         means = "  ".join(f"{k} {v:.4f}" for k, v in result["mean"].items())
         print(f"{name} ({result['prediction']} vs reference {result['reference']}): {means}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.predict import ensure_writable_folder, load_predictor, predict_files
+
+    ensure_writable_folder(args.output)
+    predictor = load_predictor(args.model, device=args.device, backend=args.backend, threads=args.threads)
+    written, failures = predict_files(
+        args.images,
+        args.output,
+        predictor,
+        overwrite=args.overwrite,
+        tile_size=args.tile_size,
+        margin=args.margin,
+        tta=args.tta,
+        max_pixels=args.max_pixels,
+    )
+    print(f"predicted {len(written)} image(s) into {args.output} ({predictor.backend} on {predictor.device})")
+    for path, message in failures.items():
+        print(f"failed: {path}: {message}", file=sys.stderr)
+    return 1 if failures or not written else 0
+
+
+def _cmd_mask_report(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.mask_report import mask_report
+
+    command = "cryonuseg-hf mask-report" + (f" --tiles {' '.join(args.tiles)}" if args.tiles else "")
+    report = mask_report(_source(args), args.out, tiles=args.tiles, progress=True, command=command)
+    for row in report["summary"]:
+        print(
+            f"{row['markup']:18s} {row['variant']:33s} identical {row['identical_tiles']:2d}/{row['tiles']} "
+            f"pixel agreement {row['mean_pixel_agreement']:.6f} max abs diff {row['max_abs_difference']}"
+        )
+    print(f"wrote {report['csv']} and {report['markdown']}")
     return 0
 
 
