@@ -297,7 +297,7 @@ def encode_images(release: Release) -> dict[str, bytes]:
     return images
 
 
-def _is_previous_build(folder: Path) -> bool:
+def is_build(folder: Path) -> bool:
     """True when ``folder`` holds only what :func:`build` writes, and its card carries :data:`CARD_MARKER`."""
     entries = {p.name: p for p in folder.iterdir()}
     if "README.md" not in entries or not set(entries) <= {"README.md", *MARKUPS}:
@@ -323,7 +323,7 @@ def check_output_folder(out_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out_dir}: exists and is not a folder; choose another --out")
     if not any(out_dir.iterdir()):
         return
-    if not _is_previous_build(out_dir):
+    if not is_build(out_dir):
         raise FileExistsError(
             f"{out_dir}: the folder holds files that are not a previous cryonuseg-hf build; refusing to "
             "touch it (even with --overwrite). Choose another --out or empty the folder yourself."
