@@ -439,16 +439,22 @@ def unet_weight_map(gt: np.ndarray, w0: float = W0, sigma: float = SIGMA) -> np.
     return weight + border
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
+def matlab_uint8(values: np.ndarray) -> np.ndarray:
     """MATLAB's uint8(): round halves away from zero, saturate to 0..255."""
     return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
 
 
-def distance_map(nuclei: Sequence[Nucleus], shape: tuple[int, int] = TILE_SHAPE) -> np.ndarray:
-    """Max over nuclei of ``bwdist(~mask)`` (each nucleus on its own), float64, before any scaling."""
+def distance_map(
+    nuclei: Sequence[Nucleus], shape: tuple[int, int] = TILE_SHAPE, dtype: type = np.float32
+) -> np.ndarray:
+    """Max over nuclei of ``bwdist(~mask)`` (each nucleus on its own), before any scaling.
+
+    Returns float32 by default, like MATLAB's ``bwdist``: the single-precision rounding decides some of the
+    8-bit values of the released distance maps (``results/mask_agreement.md`` counts them).
+    """
     from scipy import ndimage
 
-    out = np.zeros(shape)
+    out = np.zeros(shape, dtype)
     for _, r, c, crop in _nucleus_masks(nuclei, shape):
         if crop is None:
             continue
@@ -457,9 +463,21 @@ def distance_map(nuclei: Sequence[Nucleus], shape: tuple[int, int] = TILE_SHAPE)
         mask[dr : dr + crop.shape[0], dc : dc + crop.shape[1]] = crop
         # Within the crop, every pixel beyond the bounding box is background, so the nearest background pixel
         # of the whole image is always inside the crop (or the crop meets the image edge, as MATLAB's does).
+        distance = ndimage.distance_transform_edt(mask) if (~mask).any() else np.full(mask.shape, np.inf)
         window = out[rr, cc]
-        np.maximum(window, ndimage.distance_transform_edt(mask) if (~mask).any() else np.inf, out=window)
+        np.maximum(window, distance.astype(dtype), out=window)
     return out
+
+
+def scale_distance_map(distance: np.ndarray) -> np.ndarray:
+    """The released 8-bit encoding: ``imwrite(double(D) / max(D))``, i.e. ``round((D / max D) * 255)``.
+
+    The order matters for exact ties: with D = sqrt(73) and max D = sqrt(292) (ratio 0.5), ``(D / max) * 255``
+    is 127.5 and rounds up, as in the release.
+    """
+    distance = distance.astype(np.float64)
+    peak = distance.max()
+    return matlab_uint8((distance / peak) * 255 if peak > 0 else distance)
 
 
 def mask_variants(nuclei: Sequence[Nucleus], shape: tuple[int, int] = TILE_SHAPE) -> dict[str, np.ndarray]:
@@ -482,13 +500,11 @@ def mask_variants(nuclei: Sequence[Nucleus], shape: tuple[int, int] = TILE_SHAPE
         "label_masks": label_masks,
         "label_masks_modify": label_masks_modify,
         "mask_binary": np.where(binary, 255, 0).astype(np.uint8),
-        "mask_binary_without_border": _to_uint8(gt),
-        "mask_binary_without_border_erode": _to_uint8(gt_erode),
-        "distance_maps": _to_uint8(255 * distance / distance.max())
-        if distance.max() > 0
-        else _to_uint8(distance),
-        "weighted_maps": _to_uint8(weight * 255 / weight.max()),
-        "weighted_maps_erode": _to_uint8(weight_erode * 255 / weight_erode.max()),
+        "mask_binary_without_border": matlab_uint8(gt),
+        "mask_binary_without_border_erode": matlab_uint8(gt_erode),
+        "distance_maps": scale_distance_map(distance),
+        "weighted_maps": matlab_uint8(weight * 255 / weight.max()),
+        "weighted_maps_erode": matlab_uint8(weight_erode * 255 / weight_erode.max()),
     }
     for k, border in nuclei_borders(binary, BORDER_WIDTHS).items():
         variants[f"nuclei_border_{k}"] = border

@@ -1,0 +1,502 @@
+"""How closely the Python masks reproduce the released ones: every tile, mark-up and released variant.
+
+For each of the 90 (tile, mark-up) pairs the ROI set is read (:func:`cryonuseg_hf.rois.read_roi_set`), every
+variant is regenerated (:func:`cryonuseg_hf.masks.mask_variants`) and compared with the released file:
+
+- all variants: pixel agreement (fraction of equal pixels), number of differing pixels, max and mean absolute
+  difference (in the released encoding: label values for the uint16 TIFFs, 0..255 for the PNGs);
+- label variants: mean matched IoU (each released label's best IoU with a regenerated label, averaged over
+  released labels) and whether the label values themselves are identical;
+- binary variants: foreground IoU.
+
+Besides the table, the report measures what each MATLAB convention is worth (so that a disagreement, should
+one appear, can be explained with numbers): a plain pixel-centre rasteriser instead of ``poly2mask``, the
+scaling order of the distance maps, the ``-2`` pixels that ``masks_generator.m`` leaves in the border-removed
+mask, and MATLAB's approximate disks for the nuclei borders.
+
+Run it with ``cryonuseg-hf mask-report [--source ...] [--out results]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cryonuseg_hf.release import MARKUPS, RELEASED_VARIANTS, Release
+
+logger = logging.getLogger(__name__)
+
+LABEL_VARIANTS = ("label_masks_modify", "label_masks")
+BINARY_VARIANTS = ("mask_binary", "mask_binary_without_border", "mask_binary_without_border_erode")
+MAP_VARIANTS = ("distance_maps", "weighted_maps", "weighted_maps_erode")
+CSV_FIELDS = (
+    "tile_id",
+    "markup",
+    "variant",
+    "pixel_agreement",
+    "n_differing_pixels",
+    "max_abs_difference",
+    "mean_abs_difference",
+    "foreground_iou",
+    "mean_instance_iou",
+    "labels_identical",
+    "n_released_labels",
+    "n_regenerated_labels",
+)
+
+
+def matched_iou(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean over the non-zero labels of ``reference`` of their best IoU with any label of ``candidate``.
+
+    >>> a = np.array([[1, 1, 0, 2, 2]]); b = np.array([[5, 5, 0, 7, 0]])
+    >>> matched_iou(a, b)
+    0.75
+    """
+    ref = reference.ravel().astype(np.int64)
+    cand = candidate.ravel().astype(np.int64)
+    ref_ids, ref_area = np.unique(ref[ref > 0], return_counts=True)
+    if ref_ids.size == 0:
+        return 1.0 if not (cand > 0).any() else 0.0
+    cand_ids, cand_area = np.unique(cand[cand > 0], return_counts=True)
+    both = (ref > 0) & (cand > 0)
+    pairs, inter = np.unique(np.stack([ref[both], cand[both]]), axis=1, return_counts=True)
+    best = np.zeros(ref_ids.size)
+    if pairs.size:
+        r = np.searchsorted(ref_ids, pairs[0])
+        c = np.searchsorted(cand_ids, pairs[1])
+        iou = inter / (ref_area[r] + cand_area[c] - inter)
+        np.maximum.at(best, r, iou)
+    return float(best.mean())
+
+
+def compare(regenerated: np.ndarray, released: np.ndarray, variant: str) -> dict[str, float | int | str]:
+    """The agreement numbers of one variant of one tile (keys of ``CSV_FIELDS`` after ``variant``).
+
+    Raises:
+        ValueError: the two arrays differ in shape.
+    """
+    if regenerated.shape != released.shape:
+        raise ValueError(f"{variant}: regenerated shape {regenerated.shape} != released {released.shape}")
+    diff = np.abs(regenerated.astype(np.int64) - released.astype(np.int64))
+    row: dict[str, float | int | str] = {
+        "pixel_agreement": float(np.mean(diff == 0)),
+        "n_differing_pixels": int(np.count_nonzero(diff)),
+        "max_abs_difference": int(diff.max()),
+        "mean_abs_difference": float(diff.mean()),
+        "foreground_iou": "",
+        "mean_instance_iou": "",
+        "labels_identical": "",
+        "n_released_labels": "",
+        "n_regenerated_labels": "",
+    }
+    if variant in LABEL_VARIANTS or variant in BINARY_VARIANTS:
+        fg_ref, fg_new = released > 0, regenerated > 0
+        union = np.count_nonzero(fg_ref | fg_new)
+        row["foreground_iou"] = float(np.count_nonzero(fg_ref & fg_new) / union) if union else 1.0
+    if variant in LABEL_VARIANTS:
+        row["mean_instance_iou"] = matched_iou(released, regenerated)
+        row["labels_identical"] = bool(np.array_equal(released, regenerated))
+        row["n_released_labels"] = int(np.unique(released[released > 0]).size)
+        row["n_regenerated_labels"] = int(np.unique(regenerated[regenerated > 0]).size)
+    return row
+
+
+def _pixel_centre_labels(nuclei, shape: tuple[int, int]) -> np.ndarray:
+    """The alternative convention: skimage's pixel-centre test with ImageJ's centres (j + 0.5, i + 0.5)."""
+    from skimage.draw import polygon
+
+    out = np.zeros(shape, np.int64)
+    for label, nucleus in enumerate(nuclei, start=1):
+        rr, cc = polygon(nucleus.y.astype(np.float64) - 0.5, nucleus.x.astype(np.float64) - 0.5, shape)
+        out[rr, cc] = label
+    return out
+
+
+def _tile_facts(nuclei, variants: dict[str, np.ndarray], shape: tuple[int, int]) -> dict[str, object]:
+    """Per-tile numbers for the written explanation (conventions that could make the masks differ)."""
+    from scipy import ndimage
+
+    from cryonuseg_hf import masks
+
+    removed = masks.border_removed(nuclei, shape)
+    gt = np.where(removed > 0, 255.0, removed.astype(np.float64))
+    gt_erode = ndimage.grey_erosion(
+        gt, footprint=np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool), cval=np.inf
+    )
+    facts: dict[str, object] = {
+        "minus_two_pixels": int(np.count_nonzero(gt == -2)),
+        "minus_two_pixels_erode": int(np.count_nonzero(gt_erode == -2)),
+        "hidden": masks.hidden_nuclei(nuclei, variants["label_masks_modify"]),
+        "empty": masks.empty_nuclei(nuclei, shape),
+        "summed_values": int(np.unique(variants["label_masks"][variants["label_masks"] > 0]).size),
+        "overlap_pixels": int(np.count_nonzero(variants["label_masks"] != variants["label_masks_modify"])),
+    }
+    # What ignoring MATLAB's -2 class would change in the weighted maps.
+    for key, image in (("weighted_maps", gt), ("weighted_maps_erode", gt_erode)):
+        if (image == -2).any():
+            clean = np.maximum(image, 0)
+            weight = masks.unet_weight_map(clean)
+            alt = masks.matlab_uint8(weight * 255 / weight.max())
+            facts[f"{key}_without_minus_two_max_diff"] = int(
+                np.abs(alt.astype(int) - variants[key].astype(int)).max()
+            )
+            facts[f"{key}_without_minus_two_n_diff"] = int(np.count_nonzero(alt != variants[key]))
+    # Distance maps: bwdist's single precision, and MATLAB's order (D / max) * 255 -- what ignoring each changes.
+    distance = masks.distance_map(nuclei, shape)
+    if distance.max() > 0:
+        exact = distance.astype(np.float64)
+        double = masks.distance_map(nuclei, shape, dtype=np.float64)
+        alternatives = {
+            "distance_double_n_diff": masks.matlab_uint8((double / double.max()) * 255),
+            "distance_order_n_diff": masks.matlab_uint8(255 * exact / exact.max()),
+        }
+        for key, other in alternatives.items():
+            changed = other != variants["distance_maps"]
+            facts[key] = int(np.count_nonzero(changed))
+            if changed.any():
+                facts[key.replace("n_diff", "example")] = (
+                    float(double[changed][0] ** 2),
+                    float(double.max() ** 2),
+                )
+    # Pixel-centre rasterisation instead of poly2mask.
+    alt = _pixel_centre_labels(nuclei, shape)
+    modify = variants["label_masks_modify"]
+    facts["pixel_centre_agreement"] = float(np.mean(alt == modify))
+    facts["pixel_centre_iou"] = matched_iou(modify, alt)
+    facts["pixel_centre_area_ratio"] = float(np.count_nonzero(alt) / max(np.count_nonzero(modify), 1))
+    # MATLAB's approximate disks (radius >= 3) against exact Euclidean disks, for the nuclei borders.
+    binary = modify > 0
+    exact = {}
+    for k in (3, 5, 10):
+        r = np.arange(-k, k + 1)
+        disk = (r[:, None] ** 2 + r[None, :] ** 2) <= k * k
+        eroded = ndimage.binary_erosion(binary, structure=disk, border_value=1)
+        exact[k] = int(np.count_nonzero((binary & ~eroded) != (variants[f"nuclei_border_{k}"] > 0)))
+    facts["border_exact_disk_n_diff"] = exact
+    return facts
+
+
+def agreement_rows(
+    release: Release,
+    markups: Sequence[str] = MARKUPS,
+    tiles: Sequence[str] | None = None,
+    progress: bool = False,
+) -> tuple[list[dict[str, object]], dict[tuple[str, str], dict[str, object]]]:
+    """Regenerate and compare every released variant.
+
+    Args:
+        release: from :func:`cryonuseg_hf.release.open_release`.
+        markups: which mark-ups.
+        tiles: which tiles (default: all 30).
+        progress: show a progress bar.
+
+    Returns:
+        ``(rows, facts)``: one row per (tile, mark-up, variant) with the ``CSV_FIELDS`` keys, and per (mark-up,
+        tile) the numbers behind the written explanation (ROI findings, hidden nuclei, timings, ...).
+    """
+    from cryonuseg_hf.masks import mask_variants, read_mask
+    from cryonuseg_hf.rois import TILE_SHAPE, check_nuclei, read_roi_set
+
+    tiles = list(tiles) if tiles is not None else release.tile_ids
+    jobs = [(m, t) for m in markups for t in tiles]
+    if progress:
+        from tqdm import tqdm
+
+        jobs = tqdm(jobs, desc="mask-report", unit="tile")
+    rows: list[dict[str, object]] = []
+    facts: dict[tuple[str, str], dict[str, object]] = {}
+    for markup, tile in jobs:
+        files = release.markups[markup]
+        nuclei = read_roi_set(files.rois[tile])
+        start = time.perf_counter()
+        variants = mask_variants(nuclei, TILE_SHAPE)
+        seconds = time.perf_counter() - start
+        for variant in RELEASED_VARIANTS:
+            if variant not in files.variants:
+                continue
+            released = read_mask(files.variants[variant][tile])
+            row = {"tile_id": tile, "markup": markup, "variant": variant}
+            row.update(compare(variants[variant], released, variant))
+            rows.append(row)
+        tile_facts = _tile_facts(nuclei, variants, TILE_SHAPE)
+        tile_facts["n_rois"] = len(nuclei)
+        tile_facts["findings"] = [str(f) for f in check_nuclei(nuclei, TILE_SHAPE, files.rois[tile].name)]
+        tile_facts["seconds"] = seconds
+        facts[(markup, tile)] = tile_facts
+        logger.info("%s %s: %d ROIs, regenerated in %.2f s", markup, tile, len(nuclei), seconds)
+    return rows, facts
+
+
+def summarise(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Per (mark-up, variant): tiles compared, tiles bit-identical, mean/min pixel agreement, worst differences."""
+    summary = []
+    keys = sorted(
+        {(r["markup"], r["variant"]) for r in rows}, key=lambda k: (k[0], list(RELEASED_VARIANTS).index(k[1]))
+    )
+    for markup, variant in keys:
+        group = [r for r in rows if r["markup"] == markup and r["variant"] == variant]
+        agreement = np.array([r["pixel_agreement"] for r in group], float)
+        ious = [r["mean_instance_iou"] for r in group if r["mean_instance_iou"] != ""]
+        summary.append(
+            {
+                "markup": markup,
+                "variant": variant,
+                "tiles": len(group),
+                "identical_tiles": sum(r["n_differing_pixels"] == 0 for r in group),
+                "mean_pixel_agreement": float(agreement.mean()),
+                "min_pixel_agreement": float(agreement.min()),
+                "differing_pixels": sum(int(r["n_differing_pixels"]) for r in group),
+                "max_abs_difference": max(int(r["max_abs_difference"]) for r in group),
+                "mean_instance_iou": float(np.mean(ious)) if ious else None,
+            }
+        )
+    return summary
+
+
+def machine_description() -> str:
+    """CPU model and core count of this machine, for the results files."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+
+
+def write_csv(rows: Sequence[dict[str, object]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return path
+
+
+def _fmt(value: float | None, digits: int = 6) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def write_markdown(
+    rows: Sequence[dict[str, object]],
+    facts: dict[tuple[str, str], dict[str, object]],
+    path: Path,
+    command: str,
+) -> Path:
+    """The summary table and the written explanation, every number computed from ``rows`` and ``facts``."""
+    summary = summarise(rows)
+    markups = sorted({m for m, _ in facts}, key=list(MARKUPS).index)
+    n_pairs = len(facts)
+    lines = [
+        "# Regenerated masks vs the released CryoNuSeg masks",
+        "",
+        f"Produced by `{command}` on {machine_description()}.",
+        "Per-tile numbers: `results/mask_agreement.csv` (one row per tile, mark-up and released variant).",
+        "",
+        "Each ROI set is read with `cryonuseg_hf.rois.read_roi_set`, every variant is regenerated with "
+        "`cryonuseg_hf.masks.mask_variants` (a Python port of the authors' `masks_generator.m` / `unetwmap.m` "
+        "from `masih4/CryoNuSeg`) and compared with the released file in its released encoding: uint16 label "
+        "values for the `label masks*` TIFFs, uint8 0..255 for the PNGs. The float maps are quantised exactly as "
+        "the generator does: distance maps `im2uint8(D / max(D))` = `round((D / max D) * 255)`, weighted maps "
+        "`uint8(w * 255 / max(w))` (MATLAB rounds halves away from zero).",
+        "",
+        "## Summary",
+        "",
+        "| mark-up | variant | tiles | bit-identical | mean pixel agreement | min pixel agreement | differing pixels "
+        "| max abs diff | mean instance IoU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['markup']} | {s['variant']} | {s['tiles']} | {s['identical_tiles']} | "
+            f"{_fmt(s['mean_pixel_agreement'])} | {_fmt(s['min_pixel_agreement'])} | {s['differing_pixels']} | "
+            f"{s['max_abs_difference']} | {_fmt(s['mean_instance_iou'], 4)} |"
+        )
+    n_rows = len(rows)
+    n_identical = sum(r["n_differing_pixels"] == 0 for r in rows)
+    differing = [r for r in rows if r["n_differing_pixels"] != 0]
+    lines += ["", "## Disagreements", ""]
+    if not differing:
+        lines.append(
+            f"None. All {n_rows} comparisons ({n_pairs} tile/mark-up pairs x {n_rows // max(n_pairs, 1)} released "
+            "variants) are bit-identical: same label values, same binaries, same 8-bit maps."
+        )
+    else:
+        lines.append(f"{n_identical} of {n_rows} comparisons are bit-identical. The others:")
+        lines.append("")
+        lines.append("| tile | mark-up | variant | differing pixels | max abs diff | pixel agreement |")
+        lines.append("|---|---|---|---|---|---|")
+        for r in differing:
+            lines.append(
+                f"| {r['tile_id']} | {r['markup']} | {r['variant']} | {r['n_differing_pixels']} | "
+                f"{r['max_abs_difference']} | {_fmt(r['pixel_agreement'])} |"
+            )
+    lines += _explanation(facts, markups)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _explanation(facts: dict[tuple[str, str], dict[str, object]], markups: Sequence[str]) -> list[str]:
+    """What each MATLAB convention is worth on this data, i.e. what would disagree without it."""
+    per = {m: [f for (mm, _), f in facts.items() if mm == m] for m in markups}
+    lines = ["", "## Where disagreements would come from, measured", ""]
+
+    lines += [
+        "**ROI accounting.** Every ROI is read; none is dropped.",
+        "",
+        "| mark-up | tiles | ROIs | labels in regenerated `label masks modify` | ROIs hidden under later ROIs "
+        "| ROIs covering no pixel | distinct values in `label masks` |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in markups:
+        f = per[m]
+        n_rois = sum(x["n_rois"] for x in f)
+        hidden = sum(len(x["hidden"]) for x in f)
+        empty = sum(len(x["empty"]) for x in f)
+        lines.append(
+            f"| {m} | {len(f)} | {n_rois} | {n_rois - hidden - empty} | {hidden} | {empty} | "
+            f"{sum(x['summed_values'] for x in f)} |"
+        )
+    hidden_list = [f"{t} {m}: {', '.join(x['hidden'])}" for (m, t), x in sorted(facts.items()) if x["hidden"]]
+    findings = [s for x in facts.values() for s in x["findings"]]
+    lines += [
+        "",
+        "A *hidden* ROI is drawn (it has pixels, and its label value is added into `label masks`) but every pixel "
+        "of it is covered by later ROIs, so `label masks modify` (max) has no pixel with its label: "
+        + ("; ".join(hidden_list) if hidden_list else "none")
+        + ". `label masks` sums overlapping labels, which is why it holds more distinct values than there are "
+        "nuclei; use `label masks modify` as the instance ground truth.",
+        "",
+        "ROI findings (degenerate, or reaching outside the tile): "
+        + ("; ".join(findings) if findings else "none")
+        + ". `poly2mask` clips such ROIs at the tile border, and so does the port, with identical pixels.",
+        "",
+    ]
+
+    agreement = {m: np.mean([x["pixel_centre_agreement"] for x in per[m]]) for m in markups}
+    iou = {m: np.mean([x["pixel_centre_iou"] for x in per[m]]) for m in markups}
+    area = {m: np.mean([x["pixel_centre_area_ratio"] for x in per[m]]) for m in markups}
+    lines += [
+        "**Rasterisation convention.** The generator calls `poly2mask(x, y, 512, 512)` on the ImageJ vertices "
+        "unchanged. `poly2mask` snaps vertices to a 5x5 sub-pixel grid, joins them with integer lines and keeps a "
+        "pixel when its centre is inside; MATLAB pixel (r, c) is centred at (x, y) = (c, r), so numpy pixel "
+        "[i, j] is tested at ImageJ point (j + 1, i + 1) -- half a pixel right and down of ImageJ's own pixel "
+        "centre (j + 0.5, i + 0.5). The port reproduces this exactly (`masks.polygon_mask`). A plain pixel-centre "
+        "rasteriser with ImageJ's convention (`skimage.draw.polygon` at (j + 0.5, i + 0.5)), instead, agrees with "
+        "`label masks modify` on "
+        + ", ".join(f"{agreement[m]:.4f} of pixels ({m})" for m in markups)
+        + " with mean matched instance IoU "
+        + ", ".join(f"{iou[m]:.4f}" for m in markups)
+        + " and foreground area ratio "
+        + ", ".join(f"{area[m]:.4f}" for m in markups)
+        + ": every boundary shifts by half a pixel, which costs about one boundary ring of pixels per nucleus.",
+        "",
+    ]
+
+    def _changes(key: str) -> str:
+        hits = [(t, m, x) for (m, t), x in sorted(facts.items()) if x.get(f"{key}_n_diff")]
+        if not hits:
+            return "no pixel on this release"
+        return "; ".join(
+            f"{t} {m}: {x[f'{key}_n_diff']} pixels (e.g. D^2 = {x[f'{key}_example'][0]:g} with "
+            f"max(D)^2 = {x[f'{key}_example'][1]:g})"
+            for t, m, x in hits
+        )
+
+    lines += [
+        "**Distance maps: single precision and scaling order.** MATLAB's `bwdist` returns *single* precision; "
+        "the generator takes the max over nuclei, converts to double, divides by the maximum and `imwrite` "
+        "scales by 255 in `im2uint8` (round half up). Exact ties decide 8-bit values: a pixel at D = sqrt(73) "
+        "in a tile whose max is sqrt(292) = 2 sqrt(73) has D / max D = 0.5 exactly in one arithmetic and "
+        "0.4999... in another. Computing the distances in double instead of single would change "
+        + _changes("distance_double")
+        + ". Computing `255 * D / max(D)` (scale first) from the single-precision distances would change "
+        + _changes("distance_order")
+        + ". The port does what MATLAB does (float32 distances, divide, then scale) and matches every pixel.",
+        "",
+    ]
+
+    minus = [
+        (t, m, x)
+        for (m, t), x in sorted(facts.items())
+        if x["minus_two_pixels"] or x["minus_two_pixels_erode"]
+    ]
+    lines += [
+        "**The -2 pixels of the border-removed mask.** `masks_generator.m` subtracts both the dilated overlap "
+        "edge and the thinned edge of an overlapping nucleus and resets only -1 to 0; where both hit a background "
+        "pixel the value stays -2 until the next nucleus's `max` lifts it, so only the last nucleus of a tile "
+        "can leave -2 pixels. They are written as 0 in the PNGs, but `unetwmap` counts -2 as a class of its own "
+        "with its own (largest) class weight, which rescales the whole weight map. "
+        f"{len(minus)} of {len(facts)} tile/mark-up pairs have such pixels"
+        + (
+            ": "
+            + "; ".join(
+                f"{t} {m} ({x['minus_two_pixels']} px; weighted maps would differ by up to "
+                f"{x.get('weighted_maps_without_minus_two_max_diff', 0)} on "
+                f"{x.get('weighted_maps_without_minus_two_n_diff', 0)} px if they were ignored)"
+                for t, m, x in minus
+            )
+            if minus
+            else ""
+        )
+        + ". The port keeps them, which is why those maps match too.",
+        "",
+    ]
+
+    border = {k: sum(x["border_exact_disk_n_diff"][k] for x in facts.values()) for k in (3, 5, 10)}
+    lines += [
+        "**Nuclei borders (not in the release).** `masks_generator.m` also writes `nuclei border/disk1..10`: "
+        "`mask_binary - imerode(mask_binary, strel('disk', k))`. For k >= 3 MATLAB's `strel('disk', k)` is not "
+        "a Euclidean disk but its default N = 4 approximation (four periodic lines, plus a horizontal and a "
+        "vertical line when they fall short); the port builds the same decomposition (`masks.disk_decomposition`) "
+        "and erodes with outside-the-image counted as foreground, as `imerode` pads. Using exact Euclidean disks "
+        "instead would change "
+        + ", ".join(f"{border[k]} pixels for k = {k}" for k in (3, 5, 10))
+        + f" over the {len(facts)} tile/mark-up pairs. These columns cannot be checked against released files; "
+        "the tests check them against their definition.",
+        "",
+        "**Label order.** Nucleus n is label n in the order of MATLAB's `dir('*.roi')` listing of the unzipped "
+        "set, i.e. ROI file names sorted (case-insensitively on Windows); `read_roi_set` returns that order. The "
+        "identical label values above confirm it.",
+        "",
+        "**Timing.** Regenerating all variants (8 released + 10 borders) takes "
+        f"{np.mean([x['seconds'] for x in facts.values()]):.2f} s per tile on average and "
+        f"{max(x['seconds'] for x in facts.values()):.2f} s at most (the weight maps dominate); "
+        "`instance_masks` and `nuclei_borders` alone take a few tens of milliseconds "
+        "(see `benchmarks/` for timings).",
+    ]
+    return lines
+
+
+def mask_report(
+    source: str | Path,
+    out_dir: str | Path = "results",
+    markups: Sequence[str] = MARKUPS,
+    tiles: Sequence[str] | None = None,
+    progress: bool = False,
+    command: str = "cryonuseg-hf mask-report",
+) -> dict[str, object]:
+    """Compare, then write ``mask_agreement.csv`` and ``mask_agreement.md`` into ``out_dir``.
+
+    Returns:
+        ``{"csv": path, "markdown": path, "summary": summarise(rows)}``.
+    """
+    from cryonuseg_hf.release import open_release
+
+    release = open_release(source)
+    rows, facts = agreement_rows(release, markups, tiles, progress)
+    out_dir = Path(out_dir)
+    csv_path = write_csv(rows, out_dir / "mask_agreement.csv")
+    md_path = write_markdown(rows, facts, out_dir / "mask_agreement.md", command)
+    return {"csv": csv_path, "markdown": md_path, "summary": summarise(rows)}
