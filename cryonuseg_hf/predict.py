@@ -151,6 +151,17 @@ def _png_bit_depth(path: Path) -> int | None:
 
 
 def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check is replaced by _check_size against max_pixels
+    try:
+        return _decode_pil(path, max_pixels)
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _decode_pil(path: Path, max_pixels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -169,22 +180,18 @@ def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
             raise ValueError(f"{path}: image mode {mode!r} is not supported; save it as 8-bit RGB")
         if mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
             logger.warning("%s: 16-bit colour PNG scaled to 8 bits (the high byte of each sample)", path)
-        if mode in ("P", "PA"):
-            logger.warning("%s: palette image converted to RGB", path)
-            handle = handle.convert("RGBA" if "transparency" in handle.info or mode == "PA" else "RGB")
-        elif mode == "LA":
-            logger.warning("%s: grey+alpha image converted to RGBA", path)
-            handle = handle.convert("RGBA")
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None  # the size was checked above against max_pixels
         try:
+            if mode in ("P", "PA"):
+                logger.warning("%s: palette image converted to RGB", path)
+                handle = handle.convert("RGBA" if "transparency" in handle.info or mode == "PA" else "RGB")
+            elif mode == "LA":
+                logger.warning("%s: grey+alpha image converted to RGBA", path)
+                handle = handle.convert("RGBA")
             array = np.asarray(handle)
         except Exception as error:  # truncated or corrupt data: OSError, SyntaxError, zlib.error ...
             raise ValueError(
                 f"{path}: unreadable {handle.format} ({type(error).__name__}: {error})"
             ) from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
     if mode == "I":
         if array.min() < 0 or array.max() > 65535:
             raise ValueError(f"{path}: 32-bit integer image is not supported; save it as 8-bit RGB")
