@@ -108,7 +108,62 @@ def build_parser() -> argparse.ArgumentParser:
     mask_report.add_argument("--tiles", nargs="+", default=None, help="only these tile ids (default: all 30)")
     mask_report.set_defaults(func=_cmd_mask_report)
 
+    train = sub.add_parser(
+        "train",
+        help="train SegFormer: one fold (--fold), the 10-fold CV (--cv), the all-data model (--final); --pack",
+    )
+    train.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a `cryonuseg-hf build` folder (read with load_dataset), a --pack .npz, or a raw release "
+        "(default: $CRYONUSEG_DATA, else ../shared/datasets/cryonuseg)",
+    )
+    train.add_argument("--fold", type=int, action="append", default=None, help="train and predict fold K")
+    train.add_argument("--cv", action="store_true", help="all 10 folds, then score the held-out predictions")
+    train.add_argument("--final", action="store_true", help="train on all 30 tiles and save the checkpoint")
+    train.add_argument("--score-only", action="store_true", help="only score the predictions in --out")
+    train.add_argument("--pack", type=Path, default=None, help="write tiles + all mark-ups to this .npz")
+    train.add_argument("--out", type=Path, default=Path("results/cv"), help="CV results folder")
+    train.add_argument("--checkpoint", type=Path, default=None, help="final model folder (default: shipped)")
+    train.add_argument("--results", type=Path, default=Path("results"), help="holds human_agreement.json")
+    train.add_argument("--scale-note", default="", help="how this run differs from the full recipe")
+    from cryonuseg_hf.train import TrainConfig
+
+    defaults = TrainConfig()
+    for name in ("variant", "init", "markup", "device"):
+        train.add_argument(f"--{name}", default=getattr(defaults, name))
+    for name in ("input_scale", "lr", "weight_decay", "dice_weight", "scale_jitter", "max_seconds"):
+        train.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    for name in ("boundary_width", "steps", "batch_size", "crop", "warmup", "tune_tiles", "seed", "threads"):
+        train.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    train.add_argument("--no-tta", dest="tta", action="store_false", help="held-out tiles without TTA")
+    train.set_defaults(func=_cmd_train)
+
+    model_card = sub.add_parser("model-card", help="write model_card.md from the CV results files")
+    model_card.add_argument(
+        "--results", type=Path, default=Path("results"), help="results folder (holds cv/)"
+    )
+    model_card.add_argument("--out", type=Path, default=Path("model_card.md"))
+    model_card.set_defaults(func=_cmd_model_card)
+
     return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.train import run_training
+
+    for line in run_training(args, " ".join(["cryonuseg-hf", *sys.argv[1:]])):
+        print(line)
+    return 0
+
+
+def _cmd_model_card(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.model_card import write_model_card
+
+    path = write_model_card(args.results, args.out)
+    print(f"wrote {path}")
+    return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -1,0 +1,195 @@
+"""The SegFormer: configs b0..b5 built from ``SegformerConfig``, its image processor, save/load, inference.
+
+Every model here is a stock ``SegformerForSemanticSegmentation`` with three classes (see
+:mod:`cryonuseg_hf.targets`), so the Hub widget and ``pipeline("image-segmentation")`` run it unchanged. Two
+extra keys ride in ``config.json``: ``cryonuseg_input_scale`` (the tile is upsampled by this factor before the
+encoder, because SegFormer predicts at a quarter of its input size) and ``cryonuseg_postprocess`` (the tuned
+parameters of :mod:`cryonuseg_hf.postprocess`). The saved image processor resizes to ``512 * input_scale``, so
+the widget and the pipeline upsample a 512x512 tile too.
+
+torch and transformers are imported inside the functions: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryonuseg_hf.postprocess import CONFIG_KEY, INPUT_SCALE_KEY, PostprocessParams
+from cryonuseg_hf.targets import CLASS_NAMES
+
+TILE_SIZE = 512
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+"""ImageNet statistics, as in the published SegFormer checkpoints, so ``--init`` weights see what they expect."""
+
+# Encoder sizes of the SegFormer paper (MiT-b0..b5); "tiny" exists for tests only.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], num_attention_heads=[1, 1, 2, 4],
+                 decoder_hidden_size=32),
+    "b0": dict(depths=[2, 2, 2, 2], hidden_sizes=[32, 64, 160, 256], decoder_hidden_size=256),
+    "b1": dict(depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=256),
+    "b2": dict(depths=[3, 4, 6, 3], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=768),
+    "b3": dict(depths=[3, 4, 18, 3], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=768),
+    "b4": dict(depths=[3, 8, 27, 3], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=768),
+    "b5": dict(depths=[3, 6, 40, 3], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=768),
+}  # fmt: skip
+
+
+def _label_maps() -> dict[str, Any]:
+    return {
+        "num_labels": len(CLASS_NAMES),
+        "id2label": dict(enumerate(CLASS_NAMES)),
+        "label2id": {name: i for i, name in enumerate(CLASS_NAMES)},
+    }
+
+
+def segformer_config(
+    variant: str = "b0", input_scale: float = 2.0, postprocess: PostprocessParams | None = None
+):
+    """A ``SegformerConfig`` for one of ``VARIANTS`` with the CryoNuSeg classes and extra keys."""
+    from transformers import SegformerConfig
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    config = SegformerConfig(**VARIANTS[variant], **_label_maps(), semantic_loss_ignore_index=255)
+    _set_extras(config, input_scale, postprocess)
+    return config
+
+
+def _set_extras(config, input_scale: float, postprocess: PostprocessParams | None) -> None:
+    if input_scale <= 0:
+        raise ValueError(f"input_scale must be > 0, got {input_scale}")
+    setattr(config, INPUT_SCALE_KEY, float(input_scale))
+    setattr(config, CONFIG_KEY, (postprocess or PostprocessParams()).to_dict())
+
+
+def image_processor(input_scale: float = 2.0):
+    """The image processor: resize a 512x512 tile to ``512 * input_scale``, ImageNet normalisation."""
+    from transformers import SegformerImageProcessorPil
+
+    side = int(round(TILE_SIZE * input_scale))
+    return SegformerImageProcessorPil(
+        do_resize=True,
+        size={"height": side, "width": side},
+        do_normalize=True,
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
+        do_reduce_labels=False,
+    )
+
+
+def build_model(variant: str = "b0", input_scale: float = 2.0, init: str | Path | None = None, seed: int = 0):
+    """A fresh SegFormer (weights drawn with ``seed``), or one fine-tuned from ``init`` (Hub id or folder).
+
+    With ``init``, the encoder weights come from the pretrained model and the decode head is rebuilt for the
+    three CryoNuSeg classes; ``variant`` is then ignored.
+    """
+    import torch
+    from transformers import SegformerForSemanticSegmentation
+
+    torch.manual_seed(seed)
+    if init is None:
+        return SegformerForSemanticSegmentation(segformer_config(variant, input_scale))
+    model = SegformerForSemanticSegmentation.from_pretrained(
+        str(init), **_label_maps(), ignore_mismatched_sizes=True, dtype=torch.float32
+    )
+    model.config.semantic_loss_ignore_index = 255
+    _set_extras(model.config, input_scale, None)
+    return model
+
+
+def save_checkpoint(
+    model, out_dir: str | Path, postprocess: PostprocessParams | None = None, fp16: bool = True
+) -> Path:
+    """``save_pretrained`` (safetensors) plus the matching image processor; the model itself is not changed.
+
+    Args:
+        model: a ``SegformerForSemanticSegmentation`` carrying ``cryonuseg_input_scale`` in its config.
+        out_dir: folder to write (created).
+        postprocess: tuned parameters to store in ``config.json`` (default: keep what the config holds).
+        fp16: store half-precision weights (half the size); loading with ``dtype=torch.float32`` restores fp32.
+    """
+    import copy
+    import json
+
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    to_save = copy.deepcopy(model).to("cpu")
+    if fp16:
+        to_save = to_save.to(torch.float16)
+    if postprocess is not None:
+        setattr(to_save.config, CONFIG_KEY, postprocess.to_dict())
+    to_save.save_pretrained(out_dir, safe_serialization=True)
+    if fp16:
+        # Half-precision storage only: without this, from_pretrained and the stock pipeline would run the
+        # model in float16, which is slow or unsupported on CPUs. Weights are upcast on loading.
+        config_path = out_dir / "config.json"
+        values = json.loads(config_path.read_text())
+        values["dtype"] = "float32"
+        config_path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    image_processor(getattr(to_save.config, INPUT_SCALE_KEY, 1.0)).save_pretrained(out_dir)
+    return out_dir
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu"):
+    """``(model in eval mode, float32, on device; its config)`` from a saved folder, offline."""
+    import torch
+    from transformers import SegformerForSemanticSegmentation
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a saved SegFormer checkpoint (no config.json)")
+    model = SegformerForSemanticSegmentation.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    return model, model.config
+
+
+def normalize(images_uint8, input_scale: float):
+    """(B, 3, H, W) uint8 tensor -> float input of the encoder: ImageNet-normalised, upsampled by ``input_scale``."""
+    import torch
+    import torch.nn.functional as F
+
+    mean = torch.tensor(IMAGE_MEAN, device=images_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=images_uint8.device).view(1, 3, 1, 1)
+    x = (images_uint8.float() / 255.0 - mean) / std
+    if input_scale != 1.0:
+        x = F.interpolate(x, scale_factor=input_scale, mode="bilinear", align_corners=False)
+    return x
+
+
+def predict_probabilities(
+    model, image: np.ndarray, input_scale: float | None = None, tta: bool = True
+) -> np.ndarray:
+    """(C, H, W) float32 class probabilities of one (H, W, 3) uint8 image, at image resolution.
+
+    Args:
+        model: a SegFormer in eval mode.
+        image: RGB uint8 image (any size; 40x H&E like CryoNuSeg).
+        input_scale: upsampling before the encoder; default the model's ``cryonuseg_input_scale``.
+        tta: average the softmax over the 8 flips/rotations of the image.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    if input_scale is None:
+        input_scale = float(getattr(model.config, INPUT_SCALE_KEY, 1.0))
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
+    views = [(k, flip) for k in range(4) for flip in (False, True)] if tta else [(0, False)]
+    total = 0
+    with torch.inference_mode():
+        for k, flip in views:
+            view = torch.rot90(x, k, dims=(2, 3))
+            view = view.flip(3) if flip else view
+            logits = model(pixel_values=normalize(view, input_scale)).logits.float()
+            p = F.interpolate(logits, size=view.shape[2:], mode="bilinear", align_corners=False).softmax(1)
+            p = p.flip(3) if flip else p
+            total = total + torch.rot90(p, -k, dims=(2, 3))
+    return (total / len(views))[0].cpu().numpy().astype(np.float32)

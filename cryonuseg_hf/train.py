@@ -1,0 +1,591 @@
+"""SegFormer training with the leave-one-organ-out fold protocol: one fold, the whole CV, or the final model.
+
+All 30 tiles live on the training device as two tensors (uint8 images, uint8 class maps), and every step draws
+random crops there, augments them there (dihedral flips, stain jitter in optical density, brightness/contrast,
+defocus blur, noise, input-scale jitter) and runs under bf16 autocast on a GPU: there is no data loader to wait
+for. The same code runs on a CPU, only slower.
+
+The GPU recipe (whole 10-fold CV plus the final model, one call)::
+
+    cryonuseg-hf train --pack .gpu/cryonuseg_tiles.npz          # once, here: tiles + all mark-ups, ~25 MB
+    cryonuseg-hf train --data .gpu/cryonuseg_tiles.npz --cv --final --device cuda \\
+        --steps 1500 --max-seconds 50 --out results/cv --checkpoint cryonuseg_hf/checkpoint
+
+A held-out tile can never reach training: :func:`training_indices` raises if one would, and every fold calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryonuseg_hf.folds import TILE_IDS, fold_of, organ_of, tiles_of_fold, train_tiles
+from cryonuseg_hf.release import DEFAULT_MARKUP, MARKUPS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a trained model; saved beside every result and checkpoint."""
+
+    variant: str = "b0"
+    input_scale: float = 2.0
+    init: str | None = None
+    markup: str = DEFAULT_MARKUP
+    boundary_width: int = 1
+    steps: int = 1500
+    max_seconds: float | None = None
+    """Optional wall-clock budget per model: after 10 timed steps, ``steps`` is cut to fit it."""
+    batch_size: int = 16
+    crop: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 50
+    class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    dice_weight: float = 1.0
+    scale_jitter: float = 0.15
+    tta: bool = True
+    tune_tiles: int = 9
+    """Training tiles the post-processing is tuned on (one per organ first); 0 = all training tiles."""
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 2
+    log_every: int = 25
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def load_tiles(data: str | Path | None = None, markups: tuple[str, ...] = MARKUPS) -> dict[str, Any]:
+    """All 30 tiles: ``{"tile_ids", "images": (30, 512, 512, 3) uint8, "masks": {markup: (30, 512, 512) uint16}}``.
+
+    Args:
+        data: a folder written by ``cryonuseg-hf build`` (read with ``load_dataset``), a ``.npz`` written by
+            :func:`pack_tiles`, or a raw release folder/zip; None = the default raw release.
+        markups: the mark-ups whose instance masks to load.
+    """
+    from cryonuseg_hf.release import default_source, open_release
+
+    path = Path(data) if data is not None else default_source()
+    if path.suffix == ".npz":
+        return _load_packed(path, markups)
+    if (path / "README.md").is_file() and any((path / m).is_dir() for m in MARKUPS):
+        return _load_built(path, markups)
+    import tifffile
+
+    release = open_release(path)
+    images = np.stack([tifffile.imread(release.images[t]) for t in TILE_IDS])
+    masks = {
+        m: np.stack([tifffile.imread(release.markups[m].variants["label_masks_modify"][t]) for t in TILE_IDS])
+        for m in markups
+    }
+    return _checked({"tile_ids": list(TILE_IDS), "images": images, "masks": masks}, path)
+
+
+def _load_built(folder: Path, markups: tuple[str, ...]) -> dict[str, Any]:
+    from datasets import load_dataset
+
+    images, masks = None, {}
+    for markup in markups:
+        rows = load_dataset(str(folder), markup, split="train", columns=["tile_id", "image", "instance_mask"])
+        by_tile = {row["tile_id"]: row for row in rows}
+        missing = sorted(set(TILE_IDS) - set(by_tile))
+        if missing:
+            raise ValueError(f"{folder}: config {markup!r} lacks tiles {missing}")
+        masks[markup] = np.stack([np.asarray(by_tile[t]["instance_mask"], dtype=np.uint16) for t in TILE_IDS])
+        if images is None:
+            images = np.stack([np.asarray(by_tile[t]["image"].convert("RGB")) for t in TILE_IDS])
+    return _checked({"tile_ids": list(TILE_IDS), "images": images, "masks": masks}, folder)
+
+
+def _load_packed(path: Path, markups: tuple[str, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no packed tiles; write them with `cryonuseg-hf train --pack {path}`"
+        )
+    with np.load(path) as npz:
+        missing = [m for m in markups if f"mask_{m}" not in npz]
+        if missing:
+            raise ValueError(f"{path}: packed file lacks the mark-ups {missing}")
+        tiles = {
+            "tile_ids": [str(t) for t in npz["tile_ids"]],
+            "images": npz["images"],
+            "masks": {m: npz[f"mask_{m}"] for m in markups},
+        }
+    return _checked(tiles, path)
+
+
+def _checked(tiles: dict[str, Any], where: Path) -> dict[str, Any]:
+    if tiles["tile_ids"] != list(TILE_IDS):
+        raise ValueError(
+            f"{where}: expected the 30 CryoNuSeg tiles in fold order, got {tiles['tile_ids'][:3]}..."
+        )
+    if tiles["images"].shape != (len(TILE_IDS), 512, 512, 3) or tiles["images"].dtype != np.uint8:
+        raise ValueError(f"{where}: expected 30 RGB uint8 512x512 images, got {tiles['images'].shape}")
+    for markup, masks in tiles["masks"].items():
+        if masks.shape != (len(TILE_IDS), 512, 512):
+            raise ValueError(f"{where}: {markup} masks have shape {masks.shape}, expected (30, 512, 512)")
+    return tiles
+
+
+def pack_tiles(tiles: dict[str, Any], path: str | Path) -> Path:
+    """Tiles and every loaded mark-up in one compressed ``.npz`` (to carry to a GPU machine; keep it git-ignored)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"mask_{m}": masks.astype(np.uint16) for m, masks in tiles["masks"].items()}
+    np.savez_compressed(path, tile_ids=np.array(tiles["tile_ids"]), images=tiles["images"], **arrays)
+    return path
+
+
+def training_indices(fold: int | None) -> list[int]:
+    """Indices (into ``TILE_IDS``) a model for ``fold`` may train on; ``None`` = the final model, all 30.
+
+    Raises:
+        RuntimeError: if a held-out tile of ``fold`` would reach training (the fold protocol is broken).
+    """
+    if fold is None:
+        return list(range(len(TILE_IDS)))
+    allowed = train_tiles(fold)
+    leaked = set(allowed) & set(tiles_of_fold(fold))
+    if leaked or len(allowed) != len(TILE_IDS) - 3:
+        raise RuntimeError(f"fold {fold}: held-out tiles {sorted(leaked)} would reach training")
+    return [TILE_IDS.index(t) for t in allowed]
+
+
+def tuning_tiles(indices: list[int], n: int) -> list[int]:
+    """``n`` of the training indices for tuning post-processing: tile _01 of each organ, then _02, then _03."""
+    ordered = sorted(indices, key=lambda i: (TILE_IDS[i][-2:], i))
+    return ordered if n <= 0 else ordered[:n]
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def augment(images, generator):
+    """Stain, contrast, focus and noise jitter on a (B, 3, H, W) float batch in 0..1, on its own device."""
+    import torch
+    import torch.nn.functional as F
+
+    b, device = images.shape[0], images.device
+
+    def uniform(low, high, *shape):
+        return low + (high - low) * torch.rand(b, *shape, device=device, generator=generator)
+
+    density = -torch.log(images.clamp(1 / 255, 1.0))  # optical density: stains act linearly here
+    density = density * uniform(0.8, 1.2, 3, 1, 1) + uniform(-0.05, 0.05, 3, 1, 1)
+    x = torch.exp(-density)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * uniform(0.8, 1.2, 1, 1, 1) + mean + uniform(-0.08, 0.08, 1, 1, 1)
+    sigma = uniform(0.2, 1.5) * (torch.rand(b, device=device, generator=generator) < 0.3)
+    taps = torch.arange(-3, 4, device=device, dtype=x.dtype)
+    kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (B*3, 7)
+    flat = x.reshape(1, b * 3, *x.shape[2:])
+    flat = F.conv2d(F.pad(flat, (3, 3, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=b * 3)
+    flat = F.conv2d(F.pad(flat, (0, 0, 3, 3), mode="reflect"), kernel[:, None, :, None], groups=b * 3)
+    x = flat.reshape_as(x) + uniform(0, 0.02, 1, 1, 1) * torch.randn(
+        x.shape, device=device, generator=generator
+    )
+    return x.clamp(0, 1)
+
+
+def sample_batch(images, classes, indices: list[int], config: TrainConfig, rng: np.random.Generator):
+    """Random crops with random flips/rotations from the allowed tile indices only (tensors on the device)."""
+    import torch
+
+    crop, side = config.crop, images.shape[-1]
+    xs, ys = [], []
+    for i in rng.choice(indices, size=config.batch_size):
+        r, c = rng.integers(0, side - crop + 1, size=2)
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        x, y = images[i, :, r : r + crop, c : c + crop], classes[i, r : r + crop, c : c + crop]
+        x, y = torch.rot90(x, k, dims=(1, 2)), torch.rot90(y, k, dims=(0, 1))
+        xs.append(x.flip(2) if flip else x)
+        ys.append(y.flip(1) if flip else y)
+    return torch.stack(xs), torch.stack(ys).long()
+
+
+def loss_fn(logits, target, config: TrainConfig):
+    """Weighted cross-entropy plus soft Dice over the two nucleus classes, at the target's resolution."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+    weight = torch.tensor(config.class_weights, device=logits.device)
+    ce = F.cross_entropy(logits, target, weight=weight)
+    p = logits.softmax(1)[:, 1:]
+    onehot = F.one_hot(target, p.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].float()
+    dice = 1 - (2 * (p * onehot).sum((0, 2, 3)) + 1) / ((p + onehot).sum((0, 2, 3)) + 1)
+    return ce + config.dice_weight * dice.mean()
+
+
+def train_model(config: TrainConfig, tiles: dict[str, Any], fold: int | None, progress: bool = True):
+    """Train one SegFormer on the training tiles of ``fold`` (None: all 30). Returns (model, record)."""
+    import torch
+    import torch.nn.functional as F
+
+    from cryonuseg_hf.model import IMAGE_MEAN, IMAGE_STD, build_model
+    from cryonuseg_hf.targets import instances_to_classes
+
+    torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    indices = training_indices(fold)
+    rng = np.random.default_rng([config.seed, 0 if fold is None else fold + 1])
+    generator = torch.Generator(device=device).manual_seed(
+        config.seed * 1000 + (0 if fold is None else fold + 1)
+    )
+    classes = np.stack(
+        [instances_to_classes(m, config.boundary_width) for m in tiles["masks"][config.markup]]
+    )
+    images_t = torch.from_numpy(tiles["images"]).permute(0, 3, 1, 2).contiguous().to(device)
+    classes_t = torch.from_numpy(classes).to(device)
+    model = build_model(config.variant, config.input_scale, config.init, seed=config.seed).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.startswith("cuda")
+        else torch.autocast("cpu", enabled=False)
+    )
+    total, losses, start = config.steps, [], time.perf_counter()
+    step = 0
+    while step < total:
+        lr_scale = min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * lr_scale
+        x, y = sample_batch(images_t, classes_t, indices, config, rng)
+        x = augment(x.float() / 255.0, generator)
+        side = (
+            int(
+                round(
+                    config.crop
+                    * config.input_scale
+                    * rng.uniform(1 - config.scale_jitter, 1 + config.scale_jitter)
+                    / 32
+                )
+            )
+            * 32
+        )
+        x = F.interpolate((x - mean) / std, size=(side, side), mode="bilinear", align_corners=False)
+        with amp:
+            loss = loss_fn(model(pixel_values=x).logits, y, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        if step == 10 and config.max_seconds:  # cut the schedule to the wall-clock budget
+            per_step = (time.perf_counter() - start) / step
+            total = max(step + 1, min(total, int(config.max_seconds / per_step)))
+        if progress and (step % config.log_every == 0 or step == total):
+            logger.info(
+                "fold %s step %d/%d loss %.4f (%.1f s)",
+                fold,
+                step,
+                total,
+                np.mean(losses[-config.log_every :]),
+                time.perf_counter() - start,
+            )
+    seconds = time.perf_counter() - start
+    record = {
+        "fold": fold,
+        "train_tiles": [TILE_IDS[i] for i in indices],
+        "steps": step,
+        "train_seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(step, 1), 3),
+        "loss_first_25": float(np.mean(losses[:25])),
+        "loss_last_25": float(np.mean(losses[-25:])),
+        "device": device,
+    }
+    return model.eval(), record  # fmt: skip
+
+
+def tune_postprocess(model, tiles: dict[str, Any], indices: list[int], config: TrainConfig):
+    """Post-processing parameters tuned on the given training tiles (predicted without TTA)."""
+    from cryonuseg_hf.model import predict_probabilities
+    from cryonuseg_hf.postprocess import tune_params
+
+    probabilities = [predict_probabilities(model, tiles["images"][i], tta=False) for i in indices]
+    references = [tiles["masks"][config.markup][i] for i in indices]
+    best, records = tune_params(probabilities, references)
+    return best, max(r["objective"] for r in records)
+
+
+def fit_fold(config: TrainConfig, tiles: dict[str, Any], fold: int, out_dir: Path) -> dict[str, Any]:
+    """Train fold ``fold``, tune post-processing on its training tiles, write its 3 held-out predictions."""
+    from PIL import Image
+
+    from cryonuseg_hf.model import predict_probabilities
+    from cryonuseg_hf.postprocess import probabilities_to_instances
+
+    model, record = train_model(config, tiles, fold)
+    start = time.perf_counter()
+    tune = tuning_tiles(training_indices(fold), config.tune_tiles)
+    params, objective = tune_postprocess(model, tiles, tune, config)
+    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    for tile in tiles_of_fold(fold):
+        i = TILE_IDS.index(tile)
+        assert i not in training_indices(fold)
+        labels = probabilities_to_instances(
+            predict_probabilities(model, tiles["images"][i], tta=config.tta), params
+        )
+        if labels.max() > 65535:
+            raise ValueError(f"{tile}: {labels.max()} instances do not fit a 16-bit PNG")
+        Image.fromarray(labels.astype(np.uint16)).save(out_dir / "predictions" / f"{tile}.png")
+    record.update(
+        held_out=tiles_of_fold(fold),
+        tuning_tiles=[TILE_IDS[i] for i in tune],
+        postprocess=params.to_dict(),
+        tuning_objective_train=round(objective, 4),
+        tune_predict_seconds=round(time.perf_counter() - start, 1),
+    )
+    (out_dir / "folds").mkdir(exist_ok=True)
+    (out_dir / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def train_final(config: TrainConfig, tiles: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """The all-data model, post-processing tuned on its training tiles, saved as an fp16 checkpoint."""
+    from cryonuseg_hf.model import save_checkpoint
+
+    model, record = train_model(config, tiles, None)
+    tune = tuning_tiles(training_indices(None), config.tune_tiles)
+    params, objective = tune_postprocess(model, tiles, tune, config)
+    model.config.cryonuseg_train_config = asdict(config)
+    save_checkpoint(model, checkpoint, postprocess=params)
+    record.update(
+        postprocess=params.to_dict(), tuning_objective_train=round(objective, 4), checkpoint=str(checkpoint)
+    )
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+def read_predictions(out_dir: Path) -> dict[str, np.ndarray]:
+    """tile id -> held-out instance labels found in ``out_dir/predictions``."""
+    from PIL import Image
+
+    found = {}
+    for tile in TILE_IDS:
+        path = out_dir / "predictions" / f"{tile}.png"
+        if path.is_file():
+            found[tile] = np.asarray(Image.open(path)).astype(np.int32)
+    return found
+
+
+def score_predictions(predictions: dict[str, np.ndarray], tiles: dict[str, Any]) -> dict[str, Any]:
+    """Held-out predictions scored against every loaded mark-up (per tile, organ, fold and mean)."""
+    from cryonuseg_hf.metrics import score
+
+    ids = [t for t in TILE_IDS if t in predictions]
+    references = {m: [masks[TILE_IDS.index(t)] for t in ids] for m, masks in tiles["masks"].items()}
+    return score(
+        [predictions[t] for t in ids],
+        references,
+        organs=[organ_of(t) for t in ids],
+        folds=[fold_of(t) for t in ids],
+        tile_ids=ids,
+    )
+
+
+def human_rows(results_dir: Path) -> dict[str, Any]:
+    """The human-agreement comparisons from ``results/human_agreement.json`` (``cryonuseg-hf agreement``)."""
+    path = results_dir / "human_agreement.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `cryonuseg-hf agreement` first")
+    agreement = json.loads(path.read_text())
+    return {name: agreement[name] for name in ("intra_observer", "inter_observer")}
+
+
+def write_cv_results(
+    out_dir: Path, tiles: dict[str, Any], run: dict[str, Any], human: dict[str, Any]
+) -> dict:
+    """Score every held-out prediction in ``out_dir`` and write ``metrics.json``, ``metrics.md``, ``per_tile.csv``."""
+    import csv
+
+    predictions = read_predictions(out_dir)
+    if not predictions:
+        raise FileNotFoundError(f"{out_dir / 'predictions'}: no held-out predictions to score")
+    scores = score_predictions(predictions, tiles)
+    folds = sorted({fold_of(t) for t in predictions})
+    fold_records = {}
+    for k in folds:
+        path = out_dir / "folds" / f"fold_{k}.json"
+        fold_records[k] = json.loads(path.read_text()) if path.is_file() else {}
+    results = {
+        **run,
+        "n_tiles": len(predictions),
+        "folds": fold_records,
+        "scores": scores,
+        "human_agreement": human,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    with open(out_dir / "per_tile.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["tile_id", "organ", "fold", "reference", "dice", "aji", "aji_plus", "pq", "dq", "sq"]
+        )
+        for markup, result in scores.items():
+            for row in result["per_tile"]:
+                writer.writerow(
+                    [row["tile_id"], row["organ"], row["fold"], markup]
+                    + [f"{row[m]:.4f}" for m in ("dice", "aji", "aji_plus", "pq", "dq", "sq")]
+                )
+        for name, comparison in human.items():
+            for tile, row in comparison["per_tile"].items():
+                writer.writerow(
+                    [tile, row["organ"], fold_of(tile), f"human_{name}"]
+                    + [f"{row[m]:.4f}" for m in ("dice", "aji", "aji_plus", "pq", "dq", "sq")]
+                )
+    (out_dir / "metrics.md").write_text(cv_markdown(results))
+    return results  # fmt: skip
+
+
+def cv_markdown(results: dict[str, Any]) -> str:
+    """The CV results as Markdown tables: model vs each mark-up, with the human agreement beside."""
+    metrics = ("dice", "aji", "aji_plus", "pq")
+    scores, human, config = results["scores"], results["human_agreement"], results["config"]
+    reference = config["markup"]
+    lines = [
+        "# SegFormer cross-validation on CryoNuSeg (leave one organ out)",
+        "",
+        f"Produced by `{results['command']}` on {results['machine']}.",
+        f"{results['n_tiles']} of 30 tiles have a held-out prediction (`predictions/<tile_id>.png`, 16-bit instance "
+        "labels, each made by the model of the fold that held the tile out). Means are over those tiles.",
+        "",
+        f"**Scale of this run: {results.get('scale_note', '')}**",
+        "",
+        f"Config: SegFormer-{config['variant']}, input scale {config['input_scale']}, {config['steps']} steps of "
+        f"{config['batch_size']} crops of {config['crop']} px, lr {config['lr']}, seed {config['seed']}, "
+        f"init {config['init'] or 'none (from scratch)'}, TTA {'8 flips/rotations' if config['tta'] else 'off'}, "
+        f"ground truth {reference}; post-processing tuned on {config['tune_tiles'] or 'all'} training tiles per fold.",
+        "",
+        "## Mean over the held-out tiles",
+        "",
+        "| predictions vs reference | " + " | ".join(m.upper().replace("_PLUS", "+") for m in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for markup, result in scores.items():
+        lines.append(f"| SegFormer vs {markup} | " + " | ".join(f"{result[m]:.4f}" for m in metrics) + " |")
+    for name, comparison in human.items():
+        label = f"human {name.replace('_', '-')} ({comparison['prediction']} vs {comparison['reference']}, 30 tiles)"
+        lines.append(f"| {label} | " + " | ".join(f"{comparison['mean'][m]:.4f}" for m in metrics) + " |")
+    ours = scores[reference]
+    lines += [
+        "",
+        f"## Per organ (= per fold), against {reference}, with the human agreement on the same tiles",
+        "",
+        "| fold | organ | AJI | PQ | Dice | AJI intra | PQ intra | AJI inter | PQ inter | steps | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for organ, row in ours.get("per_organ", {}).items():
+        k = fold_of(f"Human_{organ}_01")
+        record = results["folds"].get(k) or results["folds"].get(str(k)) or {}
+        intra, inter = (
+            human["intra_observer"]["per_organ"][organ],
+            human["inter_observer"]["per_organ"][organ],
+        )
+        lines.append(
+            f"| {k} | {organ} | {row['aji']:.4f} | {row['pq']:.4f} | {row['dice']:.4f} | {intra['aji']:.4f} | "
+            f"{intra['pq']:.4f} | {inter['aji']:.4f} | {inter['pq']:.4f} | {record.get('steps', '')} | "
+            f"{record.get('train_seconds', '')} |"
+        )
+    lines += [
+        "",
+        f"## Per tile, against {reference}",
+        "",
+        "| tile | AJI | PQ | Dice | AJI intra | AJI inter |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in ours["per_tile"]:
+        tile = row["tile_id"]
+        lines.append(
+            f"| {tile} | {row['aji']:.4f} | {row['pq']:.4f} | {row['dice']:.4f} | "
+            f"{human['intra_observer']['per_tile'][tile]['aji']:.4f} | {human['inter_observer']['per_tile'][tile]['aji']:.4f} |"
+        )
+    lines += [
+        "",
+        "Per-tile values against all three mark-ups: `per_tile.csv`; everything: `metrics.json`.",
+        "",
+    ]
+    return "\n".join(lines)  # fmt: skip
+
+
+def machine(device: str) -> str:
+    """Where a run happened: the CPU model and cores, and the GPU if one was used."""
+    from cryonuseg_hf.agreement import machine_description
+
+    if device.startswith("cuda"):
+        import torch
+
+        return machine_description().replace("no GPU", f"GPU {torch.cuda.get_device_name(0)}")
+    return machine_description()
+
+
+def run_training(args, command: str) -> list[str]:
+    """The ``cryonuseg-hf train`` job: pack, folds, CV scoring and/or the final model. Returns summary lines."""
+    import torch
+    import transformers
+
+    config = TrainConfig(
+        **{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
+    )
+    lines = []
+    tiles = load_tiles(args.data, MARKUPS)
+    if args.pack:
+        lines.append(
+            f"packed {len(tiles['tile_ids'])} tiles and {list(tiles['masks'])} into {pack_tiles(tiles, args.pack)}"
+        )
+    folds = list(range(len(TILE_IDS) // 3)) if args.cv else list(args.fold or [])
+    device = resolve_device(config.device)
+    run = {
+        "command": command,
+        "machine": machine(device),
+        "config": asdict(config),
+        "scale_note": args.scale_note,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    out = Path(args.out)
+    for fold in folds:
+        record = fit_fold(config, tiles, fold, out)
+        record.update(run)
+        (out / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
+        lines.append(
+            f"fold {fold}: {record['steps']} steps in {record['train_seconds']} s, loss {record['loss_first_25']:.3f} -> {record['loss_last_25']:.3f}"
+        )
+    if folds or args.score_only:
+        results = write_cv_results(out, tiles, run, human_rows(Path(args.results)))
+        ours = results["scores"][config.markup]
+        lines.append(
+            f"CV on {results['n_tiles']} held-out tiles vs {config.markup}: AJI {ours['aji']:.4f} PQ {ours['pq']:.4f} Dice {ours['dice']:.4f} -> {out / 'metrics.md'}"
+        )
+    if args.final:
+        from cryonuseg_hf import MODEL_PATH
+
+        checkpoint = Path(args.checkpoint) if args.checkpoint else MODEL_PATH
+        record = {**train_final(config, tiles, checkpoint), **run}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "final.json").write_text(json.dumps(record, indent=2) + "\n")
+        lines.append(f"final model: {record['steps']} steps in {record['train_seconds']} s -> {checkpoint}")
+    if not (args.pack or folds or args.score_only or args.final):
+        raise ValueError("nothing to do: give --fold K, --cv, --final, --score-only or --pack PATH")
+    return lines  # fmt: skip
