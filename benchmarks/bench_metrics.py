@@ -38,8 +38,12 @@ def reference_score_tile(truth: np.ndarray, prediction: np.ndarray) -> dict[str,
 
     truth = np.asarray(truth)
     prediction = np.asarray(prediction)
-    true_ids = [int(i) for i in np.unique(truth) if i != 0]
-    pred_ids = [int(j) for j in np.unique(prediction) if j != 0]
+    # Nuclei in raster order of their first pixel: the tie-breaking order of cryonuseg_hf.metrics.
+    first_pixel = lambda labels, i: int(np.argmax(labels.reshape(-1) == i))  # noqa: E731
+    true_ids = sorted((int(i) for i in np.unique(truth) if i != 0), key=lambda i: first_pixel(truth, i))
+    pred_ids = sorted(
+        (int(j) for j in np.unique(prediction) if j != 0), key=lambda j: first_pixel(prediction, j)
+    )
     names = ("dice", "aji", "aji_plus", "pq", "dq", "sq", "precision", "recall")
     if not true_ids and not pred_ids:
         return dict.fromkeys(names, 1.0)
@@ -61,7 +65,7 @@ def reference_score_tile(truth: np.ndarray, prediction: np.ndarray) -> dict[str,
     fg_truth, fg_pred = truth > 0, prediction > 0
     dice = _safe_ratio(2 * np.logical_and(fg_truth, fg_pred).sum(), fg_truth.sum() + fg_pred.sum())
 
-    # AJI: every true nucleus takes the prediction of highest IoU (ties: larger intersection, then smaller id).
+    # AJI: every true nucleus takes the prediction of highest IoU (ties: larger intersection, then raster order).
     aji_inter, aji_union, used = 0.0, 0.0, set()
     for a, t_mask in enumerate(true_masks):
         best_iou = iou[a].max() if pred_ids else 0.0

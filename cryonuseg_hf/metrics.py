@@ -25,13 +25,15 @@ Writing :math:`T_i` for true nucleus ``i``, :math:`P_j` for predicted nucleus ``
 Where HoVer-Net's code has quirks, this module decides as follows:
 
 - HoVer-Net divides intersections by ``union + 1e-6`` for AJI and AJI+. That only changes which predicted nucleus
-  wins an exact IoU tie: the one with the larger intersection, then the one listed first. This module breaks ties
-  the same way explicitly (larger intersection, then smaller predicted id) and otherwise uses exact ratios.
+  wins an exact IoU tie: the one with the larger intersection. This module uses exact ratios and breaks such ties
+  explicitly the same way.
+- Remaining exact ties (equal IoU and intersection) go, in HoVer-Net, to the smaller id. Here they go to the
+  nucleus whose first pixel comes first in raster (row-major) order: the same choice for images numbered in raster
+  order (``skimage.measure.label``), and a score that does not change when the ids are permuted. For AJI+, when
+  equal IoUs make several pairings optimal, the Hungarian algorithm sees the nuclei in that raster order.
 - HoVer-Net's SQ is ``sum(IoU) / (TP + 1e-6)``; here it is the exact mean (the difference is below 1e-6).
 - HoVer-Net needs contiguous ids (``remap_label`` first) and returns NaN or divides by zero on empty images; here ids
   may be anything non-negative and the empty cases follow the rule above.
-- AJI+ ties between pairings of equal total IoU may be resolved differently than a dense Hungarian on the full
-  IoU matrix would; that changes the score only in artificial, perfectly symmetric cases.
 
 A dataset's score is the mean over tiles of each per-tile value (the convention of HoVer-Net and the CryoNuSeg
 paper), under the names above. :func:`score` also returns pooled variants (sums over all tiles first), named
@@ -130,27 +132,31 @@ def as_label_image(labels: Any, name: str = "labels") -> np.ndarray:
     return array
 
 
-def _compact(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Relabel ids to 1..n in increasing order of id: returns (codes per pixel, 0 = background; area of each id)."""
+def _compact(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Relabel ids to 1..n in increasing order of id: returns (codes per pixel, 0 = background; the ids; their
+    areas)."""
     n_pixels = flat.size
     top = int(flat.max()) if n_pixels else 0
     if top <= max(1 << 16, 4 * n_pixels):
         counts = np.bincount(flat, minlength=top + 1)
         present = np.flatnonzero(counts[1:]) + 1
         if present.size == top:  # already 1..n
-            return flat, counts[1:]
+            return flat, present, counts[1:]
         lookup = np.zeros(top + 1, dtype=np.intp)
         lookup[present] = np.arange(1, present.size + 1)
-        return lookup[flat], counts[present]
+        return lookup[flat], present, counts[present]
     ids, codes = np.unique(flat, return_inverse=True)
     if ids[0] != 0:
         codes = codes + 1
+    else:
+        ids = ids[1:]
     areas = np.bincount(codes)[1:]
-    return codes, areas
+    return codes, ids, areas
 
 
 def _pairs(truth: np.ndarray, prediction: np.ndarray):
-    """The sparse contingency table: overlapping (true index, predicted index, intersection) plus the areas.
+    """The sparse contingency table: overlapping (true index, predicted index, intersection), then the ids and the
+    areas of the true and of the predicted nuclei.
 
     Indices run from 0 in increasing order of the original ids. When the ids are small (the usual case), one
     ``bincount`` over combined keys of the raw ids gives the whole table; otherwise ids are first relabelled 1..n.
@@ -169,9 +175,9 @@ def _pairs(truth: np.ndarray, prediction: np.ndarray):
         inter = overlap[t_raw, p_raw]
         t_index = np.searchsorted(t_ids, t_raw + 1)
         p_index = np.searchsorted(p_ids, p_raw + 1)
-        return t_index, p_index, inter.astype(np.int64), t_all[t_ids], p_all[p_ids]
-    t_codes, t_areas = _compact(truth.reshape(-1))
-    p_codes, p_areas = _compact(prediction.reshape(-1))
+        return t_index, p_index, inter.astype(np.int64), t_ids, t_all[t_ids], p_ids, p_all[p_ids]
+    t_codes, t_ids, t_areas = _compact(truth.reshape(-1))
+    p_codes, p_ids, p_areas = _compact(prediction.reshape(-1))
     width = p_areas.size + 1
     keys = t_codes.astype(np.intp, copy=False) * width + p_codes
     n_bins = (t_areas.size + 1) * width
@@ -186,33 +192,68 @@ def _pairs(truth: np.ndarray, prediction: np.ndarray):
         keep = (bins >= width) & (bins % width != 0)
         bins, inter = bins[keep], inter[keep]
     t_index, p_index = np.divmod(bins, width)
-    return (
-        t_index - 1,
-        p_index - 1,
-        inter.astype(np.int64),
-        t_areas.astype(np.int64),
-        p_areas.astype(np.int64),
-    )
+    areas = t_areas.astype(np.int64), p_areas.astype(np.int64)
+    return t_index - 1, p_index - 1, inter.astype(np.int64), t_ids, areas[0], p_ids, areas[1]
 
 
-def _aji_pairs(t_index, p_index, inter, iou) -> np.ndarray:
+def first_pixels(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row-major index of the first pixel of each nucleus in ``ids`` (increasing, all present in ``labels``).
+
+    This is the tie-breaking key: an order of the nuclei that does not depend on how they are numbered (it equals
+    the id order for images labelled in raster order, as ``skimage.measure.label`` numbers them).
+    """
+    flat = labels.reshape(-1)
+    top = int(ids.max()) if ids.size else 0
+    if top <= max(1 << 16, 4 * flat.size):
+        wanted = np.zeros(max(top, int(flat.max())) + 1, dtype=bool)
+        wanted[ids] = True
+        where = np.flatnonzero(wanted[flat])
+    else:
+        where = np.flatnonzero(np.isin(flat, ids))
+    _, first = np.unique(flat[where], return_index=True)
+    return where[first]
+
+
+def _raster_rank(first: np.ndarray) -> np.ndarray:
+    rank = np.empty(first.size, dtype=np.intp)
+    rank[np.argsort(first)] = np.arange(first.size)
+    return rank
+
+
+def _aji_pairs(t_index, p_index, inter, iou, p_first) -> np.ndarray:
     """For AJI: the edge of highest IoU for each true nucleus that overlaps any prediction.
 
-    Ties go to the larger intersection, then to the smaller predicted id (HoVer-Net's ``union + 1e-6`` does the
-    first, its ``argmax`` the second).
+    Ties go to the larger intersection (as HoVer-Net's ``union + 1e-6`` does), then to the predicted nucleus whose
+    first pixel comes first in raster order (HoVer-Net's ``argmax`` takes the smaller id; the raster order gives
+    the same choice for raster-numbered images and keeps AJI independent of the numbering).
+    ``p_first(indices)`` gives :func:`first_pixels` of those predicted nuclei; it is only called on a tie.
     """
     order = np.lexsort((p_index, -inter, -iou, t_index))
-    sorted_t = t_index[order]
+    t_sorted, iou_sorted, inter_sorted = t_index[order], iou[order], inter[order]
+    tied = (
+        (t_sorted[1:] == t_sorted[:-1])
+        & (iou_sorted[1:] == iou_sorted[:-1])
+        & (inter_sorted[1:] == inter_sorted[:-1])
+    )
+    if tied.any():
+        involved = np.isin(t_index, t_sorted[1:][tied])
+        preds = np.unique(p_index[involved])
+        key = np.zeros(p_index.max() + 1, dtype=np.intp)
+        key[preds] = _raster_rank(p_first(preds)) + 1
+        order = np.lexsort((key[p_index], -inter, -iou, t_index))
+        t_sorted = t_index[order]
     first = np.ones(order.size, dtype=bool)
-    first[1:] = sorted_t[1:] != sorted_t[:-1]
+    first[1:] = t_sorted[1:] != t_sorted[:-1]
     return order[first]
 
 
-def _aji_plus_pairs(t_index, p_index, iou) -> np.ndarray:
+def _aji_plus_pairs(t_index, p_index, iou, t_first, p_first) -> np.ndarray:
     """For AJI+: the edges of a one-to-one pairing that maximises the total IoU (Hungarian).
 
     Maximum-weight matching splits over connected components of the overlap graph, so an edge whose two nuclei
-    overlap nothing else is paired directly and only the rest goes through ``linear_sum_assignment``.
+    overlap nothing else is paired directly and only the rest goes through ``linear_sum_assignment``. When equal
+    IoUs there could make several pairings optimal, rows and columns are first put in raster order of the nuclei's
+    first pixels (``t_first(indices)``, ``p_first(indices)``), so the pairing does not depend on the numbering.
     """
     if t_index.size == 0:
         return np.zeros(0, dtype=np.intp)
@@ -226,6 +267,9 @@ def _aji_plus_pairs(t_index, p_index, iou) -> np.ndarray:
 
         rows, row_of = np.unique(t_index[rest], return_inverse=True)
         cols, col_of = np.unique(p_index[rest], return_inverse=True)
+        if np.unique(iou[rest]).size < rest.size:
+            row_of = _raster_rank(t_first(rows))[row_of]
+            col_of = _raster_rank(p_first(cols))[col_of]
         weights = np.zeros((rows.size, cols.size))
         weights[row_of, col_of] = iou[rest]
         edge = np.full((rows.size, cols.size), -1, dtype=np.intp)
@@ -262,7 +306,7 @@ def score_tile(truth: Any, prediction: Any, name: str = "tile") -> dict[str, flo
     prediction = as_label_image(prediction, f"{name}: prediction")
     if truth.shape != prediction.shape:
         raise ValueError(f"{name}: truth has shape {truth.shape} but prediction has shape {prediction.shape}")
-    t_index, p_index, inter, t_areas, p_areas = _pairs(truth, prediction)
+    t_index, p_index, inter, t_ids, t_areas, p_ids, p_areas = _pairs(truth, prediction)
     n_true, n_pred = t_areas.size, p_areas.size
     union = t_areas[t_index] + p_areas[p_index] - inter
     iou = inter / union if inter.size else np.zeros(0)
@@ -270,7 +314,14 @@ def score_tile(truth: Any, prediction: Any, name: str = "tile") -> dict[str, flo
     dice_intersection = int(inter.sum())
     dice_total = int(t_areas.sum() + p_areas.sum())
 
-    best = _aji_pairs(t_index, p_index, inter, iou)
+    # The raster order of nuclei breaks exact ties; it is computed only for the nuclei of a tie.
+    def t_first(indices: np.ndarray) -> np.ndarray:
+        return first_pixels(truth, t_ids[indices])
+
+    def p_first(indices: np.ndarray) -> np.ndarray:
+        return first_pixels(prediction, p_ids[indices])
+
+    best = _aji_pairs(t_index, p_index, inter, iou, p_first)
     unpaired_true = np.ones(n_true, dtype=bool)
     unpaired_true[t_index[best]] = False
     unused_pred = np.ones(n_pred, dtype=bool)
@@ -278,7 +329,7 @@ def score_tile(truth: Any, prediction: Any, name: str = "tile") -> dict[str, flo
     aji_intersection = int(inter[best].sum())
     aji_union = int(union[best].sum() + t_areas[unpaired_true].sum() + p_areas[unused_pred].sum())
 
-    one_to_one = _aji_plus_pairs(t_index, p_index, iou)
+    one_to_one = _aji_plus_pairs(t_index, p_index, iou, t_first, p_first)
     unpaired_true[:] = True
     unpaired_true[t_index[one_to_one]] = False
     unused_pred[:] = True
