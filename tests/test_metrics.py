@@ -141,6 +141,18 @@ def test_zero_sized_images_count_as_empty():
     assert score_tile(np.zeros((0, 0), int), np.zeros((0, 0), int))["pq"] == 1.0
 
 
+def test_metric_card_examples():
+    # The worked example and the merge example of cryonuseg_hf/nuclei_instance_metric/README.md.
+    truth = np.array([[1, 1, 0, 0, 2, 2], [1, 1, 0, 0, 2, 2], [0, 0, 0, 0, 0, 0], [3, 3, 0, 0, 0, 0]])
+    prediction = np.array([[7, 7, 0, 0, 8, 0], [7, 7, 0, 0, 8, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 9]])
+    _expect(
+        score_tile(truth, prediction), dice=12 / 17, aji=6 / 11, aji_plus=6 / 11, pq=1 / 3, dq=1 / 3, sq=1.0
+    )
+    _expect(score_tile(truth, prediction), precision=1 / 3, recall=1 / 3, tp=1, fp=2, fn=2)
+    merged = score_tile(np.array([[1, 1, 1, 0, 2, 2, 2]]), np.full((1, 7), 5))
+    _expect(merged, aji=6 / 14, aji_plus=3 / 10, pq=0.0)
+
+
 # ---- invariants ----
 
 
