@@ -171,6 +171,9 @@ def _tile_facts(nuclei, variants: dict[str, np.ndarray], shape: tuple[int, int])
     facts["pixel_centre_agreement"] = float(np.mean(alt == modify))
     facts["pixel_centre_iou"] = matched_iou(modify, alt)
     facts["pixel_centre_area_ratio"] = float(np.count_nonzero(alt) / max(np.count_nonzero(modify), 1))
+    facts["integer_vertex_rois"] = sum(
+        bool(np.all(n.x == np.round(n.x)) and np.all(n.y == np.round(n.y))) for n in nuclei
+    )
     # MATLAB's approximate disks (radius >= 3) against exact Euclidean disks, for the nuclei borders.
     binary = modify > 0
     exact = {}
@@ -387,20 +390,27 @@ def _explanation(facts: dict[tuple[str, str], dict[str, object]], markups: Seque
     agreement = {m: np.mean([x["pixel_centre_agreement"] for x in per[m]]) for m in markups}
     iou = {m: np.mean([x["pixel_centre_iou"] for x in per[m]]) for m in markups}
     area = {m: np.mean([x["pixel_centre_area_ratio"] for x in per[m]]) for m in markups}
+    integer = {m: sum(x["integer_vertex_rois"] for x in per[m]) for m in markups}
+    rois = {m: sum(x["n_rois"] for x in per[m]) for m in markups}
     lines += [
         "**Rasterisation convention.** The generator calls `poly2mask(x, y, 512, 512)` on the ImageJ vertices "
         "unchanged. `poly2mask` snaps vertices to a 5x5 sub-pixel grid, joins them with integer lines and keeps a "
         "pixel when its centre is inside; MATLAB pixel (r, c) is centred at (x, y) = (c, r), so numpy pixel "
-        "[i, j] is tested at ImageJ point (j + 1, i + 1) -- half a pixel right and down of ImageJ's own pixel "
-        "centre (j + 0.5, i + 0.5). The port reproduces this exactly (`masks.polygon_mask`). A plain pixel-centre "
-        "rasteriser with ImageJ's convention (`skimage.draw.polygon` at (j + 0.5, i + 0.5)), instead, agrees with "
-        "`label masks modify` on "
+        "[i, j] is tested at ImageJ point (j + 1, i + 1): the pixel's bottom-right corner in ImageJ's geometry "
+        "(left/top edges count out, right/bottom edges in). The port reproduces this exactly "
+        "(`masks.polygon_mask`). How much the convention matters depends on the vertices: "
+        + ", ".join(f"{integer[m]} of {rois[m]} ROIs of {m}" for m in markups)
+        + " have only integer vertices (outlines traced along pixel edges), for which the corner rule selects "
+        "exactly the enclosed pixels, like ImageJ; the others have sub-pixel vertices, where it is ImageJ's "
+        "centre rule shifted by half a pixel. A plain pixel-centre rasteriser with ImageJ's convention "
+        "(`skimage.draw.polygon` at (j + 0.5, i + 0.5)) agrees with `label masks modify` on "
         + ", ".join(f"{agreement[m]:.4f} of pixels ({m})" for m in markups)
-        + " with mean matched instance IoU "
+        + ", with mean matched instance IoU "
         + ", ".join(f"{iou[m]:.4f}" for m in markups)
         + " and foreground area ratio "
         + ", ".join(f"{area[m]:.4f}" for m in markups)
-        + ": every boundary shifts by half a pixel, which costs about one boundary ring of pixels per nucleus.",
+        + ": for sub-pixel outlines every boundary moves by half a pixel, about one ring of boundary pixels per "
+        "nucleus.",
         "",
     ]
 
@@ -409,17 +419,18 @@ def _explanation(facts: dict[tuple[str, str], dict[str, object]], markups: Seque
         if not hits:
             return "no pixel on this release"
         return "; ".join(
-            f"{t} {m}: {x[f'{key}_n_diff']} pixels (e.g. D^2 = {x[f'{key}_example'][0]:g} with "
-            f"max(D)^2 = {x[f'{key}_example'][1]:g})"
+            f"{t} {m}: {x[f'{key}_n_diff']} pixels by 1 (e.g. D^2 = {x[f'{key}_example'][0]:g} with "
+            f"max(D)^2 = {x[f'{key}_example'][1]:g}: 255 D / max D = "
+            f"{255 * np.sqrt(x[f'{key}_example'][0] / x[f'{key}_example'][1]):.4f})"
             for t, m, x in hits
         )
 
     lines += [
         "**Distance maps: single precision and scaling order.** MATLAB's `bwdist` returns *single* precision; "
         "the generator takes the max over nuclei, converts to double, divides by the maximum and `imwrite` "
-        "scales by 255 in `im2uint8` (round half up). Exact ties decide 8-bit values: a pixel at D = sqrt(73) "
-        "in a tile whose max is sqrt(292) = 2 sqrt(73) has D / max D = 0.5 exactly in one arithmetic and "
-        "0.4999... in another. Computing the distances in double instead of single would change "
+        "scales by 255 in `im2uint8` (round half up). Where 255 D / max D is exactly k + 0.5 (D and max D are "
+        "square roots of integers, so such ties occur), the last bit of the arithmetic decides between k and "
+        "k + 1. Computing the distances in double instead of single would change "
         + _changes("distance_double")
         + ". Computing `255 * D / max(D)` (scale first) from the single-precision distances would change "
         + _changes("distance_order")
@@ -450,7 +461,11 @@ def _explanation(facts: dict[tuple[str, str], dict[str, object]], markups: Seque
             if minus
             else ""
         )
-        + ". The port keeps them, which is why those maps match too.",
+        + (
+            ". The port keeps them, which is why those maps match too."
+            if minus
+            else ". The port keeps them anyway, so that other ROI sets get the generator's maps."
+        ),
         "",
     ]
 
@@ -473,8 +488,8 @@ def _explanation(facts: dict[tuple[str, str], dict[str, object]], markups: Seque
         "**Timing.** Regenerating all variants (8 released + 10 borders) takes "
         f"{np.mean([x['seconds'] for x in facts.values()]):.2f} s per tile on average and "
         f"{max(x['seconds'] for x in facts.values()):.2f} s at most (the weight maps dominate); "
-        "`instance_masks` and `nuclei_borders` alone take a few tens of milliseconds "
-        "(see `benchmarks/` for timings).",
+        "`instance_masks` and `nuclei_borders` alone take a few to a few tens of milliseconds "
+        "(`results/mask_speed.md`, from `benchmarks/bench_masks.py`). Timings were taken on a shared machine.",
     ]
     return lines
 
