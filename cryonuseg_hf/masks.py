@@ -23,9 +23,12 @@ repository ``masih4/CryoNuSeg``. For each tile it reads the ROIs in file-name or
 Rasterisation follows MATLAB's ``poly2mask`` exactly: vertices are snapped to a 5x5 sub-pixel grid, joined by
 integer lines, and a pixel is inside when its centre is inside the resulting staircase path. MATLAB pixel
 ``(r, c)`` (1-based) has its centre at ``(x, y) = (c, r)``, and the generator passes ImageJ coordinates
-unchanged, so numpy pixel ``[i, j]`` is centred on ImageJ point ``(j + 1, i + 1)`` -- half a pixel away from
-ImageJ's own convention (pixel centre at ``j + 0.5``). We reproduce MATLAB, not ImageJ, so that the regenerated
-masks match the released ones; ``results/mask_agreement.md`` measures how closely.
+unchanged, so numpy pixel ``[i, j]`` is tested at ImageJ point ``(j + 1, i + 1)``, the pixel's bottom-right
+corner in ImageJ's geometry, with points on a left/top edge counted out and on a right/bottom edge counted in.
+For outlines traced along pixel edges (integer vertices, as in Annotator 2's ROIs) this selects exactly the
+enclosed pixels, the same as ImageJ; for sub-pixel outlines (Annotator 1's) it is ImageJ's pixel-centre rule
+shifted by half a pixel. We reproduce MATLAB, not ImageJ, so that the regenerated masks match the released
+ones; ``results/mask_agreement.md`` measures how closely (bit-identical) and what the other rule would change.
 
 Array conventions: (rows, cols) inside; labels uint16 with 0 background; binaries and maps uint8 as released.
 """
