@@ -99,9 +99,7 @@ def as_label_image(labels: Any, name: str = "labels") -> np.ndarray:
     Raises:
         ValueError: not 2-D, not integer, negative ids, NaN or infinite values.
     """
-    if hasattr(labels, "getbands") and hasattr(labels, "mode"):  # a PIL image, without importing PIL
-        labels = np.asarray(labels)
-    array = np.asarray(labels)
+    array = np.asarray(labels)  # PIL images convert through their array interface
     if array.ndim != 2:
         hint = " (squeeze the channel axis, or label a 3-D volume slice by slice)" if array.ndim == 3 else ""
         raise ValueError(f"{name}: expected a 2-D label image (H, W), got shape {array.shape}{hint}")
@@ -203,9 +201,9 @@ def first_pixels(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     the id order for images labelled in raster order, as ``skimage.measure.label`` numbers them).
     """
     flat = labels.reshape(-1)
-    top = int(ids.max()) if ids.size else 0
+    top = int(flat.max()) if flat.size else 0
     if top <= max(1 << 16, 4 * flat.size):
-        wanted = np.zeros(max(top, int(flat.max())) + 1, dtype=bool)
+        wanted = np.zeros(top + 1, dtype=bool)
         wanted[ids] = True
         where = np.flatnonzero(wanted[flat])
     else:
@@ -337,7 +335,7 @@ def score_tile(truth: Any, prediction: Any, name: str = "tile") -> dict[str, flo
     aji_plus_intersection = int(inter[one_to_one].sum())
     aji_plus_union = int(union[one_to_one].sum() + t_areas[unpaired_true].sum() + p_areas[unused_pred].sum())
 
-    matched = 2 * inter > union  # IoU > 0.5, in exact integer arithmetic
+    matched = inter > MATCH_IOU * union  # exact: no division before the comparison
     tp = int(matched.sum())
     iou_sum = float(iou[matched].sum())
     counts = {

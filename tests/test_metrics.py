@@ -382,3 +382,10 @@ def test_evaluate_on_real_tiles_matches_score(metric, real_pairs):
     assert result["n_tiles"] == 30
     for name in METRICS:
         assert result[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_ties_among_small_ids_beside_huge_ids():
+    # The raster-order tie-break must not allocate per-id tables when other ids are huge.
+    truth = np.array([[1, 1, 1, 1, 0, 10**12]], dtype=np.int64)
+    prediction = np.array([[4, 4, 3, 3, 0, 10**12]], dtype=np.int64)
+    _expect(score_tile(truth, prediction), aji=(2 + 1) / (4 + 2 + 1), aji_plus=(2 + 1) / (4 + 2 + 1))
