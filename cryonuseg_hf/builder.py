@@ -138,6 +138,8 @@ def image_png(path: Path) -> bytes:
         image = tifffile.imread(path)
     except Exception as error:  # tifffile raises many types for corrupt files
         raise ValueError(f"{path}: unreadable TIFF ({type(error).__name__}: {error})") from None
+    if image.size == 0:  # tifffile returns an empty array, with a logged warning, for some damaged files
+        raise ValueError(f"{path}: unreadable TIFF (no image data)")
     if image.shape != TILE_SHAPE or image.dtype != np.uint8:
         raise ValueError(f"{path}: expected a 512x512 RGB uint8 image, got shape {image.shape} {image.dtype}")
     return encode_png(image)
