@@ -180,7 +180,8 @@ def polygon_area(nucleus: Nucleus) -> float:
 def check_nuclei(
     nuclei: Sequence[Nucleus], shape: tuple[int, int] = TILE_SHAPE, source: str = ""
 ) -> list[RoiFinding]:
-    """Report degenerate ROIs and ROIs reaching outside the tile; nothing is removed or changed.
+    """Report degenerate ROIs, ROIs that enclose no pixel, and ROIs reaching outside the tile; nothing is
+    removed or changed.
 
     The tile covers ``0 <= x <= width`` and ``0 <= y <= height`` in ImageJ coordinates. What the masks do with
     each reported ROI is stated in the finding's ``action``.
@@ -193,7 +194,10 @@ def check_nuclei(
     Returns:
         One :class:`RoiFinding` per problem, in nucleus order.
     """
+    from cryonuseg_hf.masks import empty_nuclei
+
     height, width = shape
+    no_pixel = set(empty_nuclei(nuclei, shape))
     findings = []
     for nucleus in nuclei:
         distinct = len({(float(a), float(b)) for a, b in zip(nucleus.x, nucleus.y, strict=True)})
@@ -218,6 +222,15 @@ def check_nuclei(
                     f"entirely outside the {height}x{width} tile (x {x_min:.1f}..{x_max:.1f}, "
                     f"y {y_min:.1f}..{y_max:.1f})",
                     "kept in the ROI list; it covers no pixel of the tile, so it has no label",
+                )
+            )
+        elif nucleus.name in no_pixel:
+            findings.append(
+                RoiFinding(
+                    source,
+                    nucleus.name,
+                    f"encloses no pixel centre (area {area:.3g} px^2)",
+                    "kept in the ROI list so counts stay exact; it has no label in the masks",
                 )
             )
         elif x_min < 0 or y_min < 0 or x_max > width or y_max > height:

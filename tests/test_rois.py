@@ -79,12 +79,14 @@ def test_degenerate_and_outside_rois_are_kept_and_reported(tmp_path):
             _freehand([[40, 40], [45, 45], [50, 50]], "2-collinear"),
             _freehand([[500, 100], [515.5, 100], [515.5, 110], [500, 110]], "3-crosses-edge"),
             _freehand([[600, 600], [610, 600], [610, 610]], "4-outside"),
+            _freehand([[70.1, 70.1], [70.4, 70.1], [70.4, 70.4]], "5-tiny"),
         ],
     )
     nuclei = read_roi_set(path)
-    assert len(nuclei) == 5  # nothing dropped
+    assert len(nuclei) == 6  # nothing dropped
     findings = {f.name: f for f in check_nuclei(nuclei, (512, 512), "odd.zip")}
-    assert set(findings) == {"1-two-vertices", "2-collinear", "3-crosses-edge", "4-outside"}
+    assert set(findings) == {"1-two-vertices", "2-collinear", "3-crosses-edge", "4-outside", "5-tiny"}
+    assert "no pixel centre" in findings["5-tiny"].problem
     assert "2 distinct vertices" in findings["1-two-vertices"].problem
     assert "area 0" in findings["2-collinear"].problem
     assert (
