@@ -401,7 +401,8 @@ def load_predictor(
         model: a ``save_pretrained`` SegFormer folder; default the shipped ``cryonuseg_hf.MODEL_PATH``.
         device: ``auto`` (CUDA when torch sees a GPU), ``cpu`` or ``cuda``.
         backend: ``torch``, ``onnx`` (onnxruntime; the model is exported once, checked against torch on real
-            tiles and cached, see :mod:`cryonuseg_hf.onnx_backend`), or ``auto``: onnx on the CPU, torch on a GPU.
+            tiles and cached, see :mod:`cryonuseg_hf.onnx_backend`), or ``auto``: onnx on the CPU (torch, with a
+            warning, if the export fails or cannot be cached), torch on a GPU.
         threads: CPU threads for torch and onnxruntime (default: their own choice).
 
     Raises:
@@ -424,14 +425,20 @@ def _load_predictor(path: Path, device: str, backend: str, threads: int | None) 
 
         torch.set_num_threads(threads)
     params, input_scale = params_from_config(path)
-    if backend == "auto":
-        backend = "onnx" if device == "cpu" else "torch"
-    if backend == "onnx":
+    run = None
+    if backend == "auto" and device == "cpu":
+        from cryonuseg_hf.onnx_backend import onnx_runner
+
+        try:
+            run, backend = onnx_runner(path, device=device, threads=threads), "onnx"
+        except (OSError, ValueError) as error:  # OnnxMismatchError is a ValueError
+            logger.warning("ONNX backend unavailable, using torch (%s)", error)
+    elif backend == "onnx":
         from cryonuseg_hf.onnx_backend import onnx_runner
 
         run = onnx_runner(path, device=device, threads=threads)
-    else:
-        run = _torch_runner(path, device)
+    if run is None:
+        backend, run = "torch", _torch_runner(path, device)
     logger.info("loaded %s (%s on %s, input scale %g)", path, backend, device, input_scale)
     return Predictor(path, backend, device, input_scale, params, run)
 

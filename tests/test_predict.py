@@ -278,6 +278,25 @@ def test_onnx_and_torch_backends_agree(checkpoint, tile, tmp_path):
     assert len(list((tmp_path / "cache").glob("*.onnx"))) == 1  # the export went to the user cache only
 
 
+def test_auto_backend_falls_back_to_torch_loudly(checkpoint, monkeypatch, caplog):
+    import cryonuseg_hf.onnx_backend as onnx_backend
+    from cryonuseg_hf.predict import _load_predictor, load_predictor
+
+    def broken(*args, **kwargs):
+        raise onnx_backend.OnnxMismatchError("the ONNX export differs from torch by up to 0.86")
+
+    monkeypatch.setattr(onnx_backend, "onnx_runner", broken)
+    _load_predictor.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert load_predictor(checkpoint, "cpu", "auto").backend == "torch"
+        assert "0.86" in caplog.text
+        with pytest.raises(onnx_backend.OnnxMismatchError):
+            load_predictor(checkpoint, "cpu", "onnx")
+    finally:
+        _load_predictor.cache_clear()
+
+
 def test_tta_averages_views(predictor, tile):
     small = tile[:64, :96]
     plain, averaged = predictor.probabilities(small), predictor.probabilities(small, tta=True)
@@ -332,7 +351,7 @@ def test_shipped_checkpoint_predicts(release):
         pytest.skip(f"{cryonuseg_hf.MODEL_PATH} not written yet (helper 'train')")
     from cryonuseg_hf.predict import predict_instances, read_image
 
-    labels = cryonuseg_hf.predict_instances(release.images["Human_Skin_01"], threads=2)
+    labels = cryonuseg_hf.predict_instances(release.images["Human_Skin_01"], backend="torch", threads=2)
     assert labels.shape == (512, 512) and labels.dtype == np.int32 and labels.max() > 0
     # tiled vs untiled with the real model, on a 2x2 mosaic of real 256x256 crops (seams through tissue)
     crops = [
@@ -340,8 +359,8 @@ def test_shipped_checkpoint_predicts(release):
         for t in ("Human_Skin_01", "Human_Larynx_02", "Human_Thymus_01", "Human_Pleura_03")
     ]
     mosaic = np.concatenate([np.concatenate(crops[:2], 1), np.concatenate(crops[2:], 1)], 0)
-    whole = predict_instances(mosaic, threads=2, tile_size=512)
-    tiled = predict_instances(mosaic, threads=2, tile_size=384, margin=64)
+    whole = predict_instances(mosaic, backend="torch", threads=2, tile_size=512)
+    tiled = predict_instances(mosaic, backend="torch", threads=2, tile_size=384, margin=64)
     assert score_tile(whole, tiled)["pq"] >= 0.99
 
 

@@ -1,0 +1,285 @@
+"""Prediction speed on the CPU: one real 512x512 CryoNuSeg tile end to end, and large images in tiles.
+
+End to end means decoded RGB array in, instance label image out: model, post-processing and labels. Side by side,
+in one run, on one checkpoint, with the same post-processing (``cryonuseg_hf.postprocess``):
+
+- ``stock_pipeline``: ``transformers.pipeline("image-segmentation")`` (its own image processor, which resizes
+  to the checkpoint's ``512 * input_scale``) followed by ``predict.instances_from_pipeline``;
+- ``torch``: ``predict_instances`` with the torch backend;
+- ``onnxruntime``: ``predict_instances`` with the ONNX backend (export checked against torch, cached).
+
+With ``--large 2048 4096 8192`` each side is also run end to end (prediction in tiles plus writing every output
+file) in a fresh process, on a mosaic of real tiles, recording wall time and peak RSS.
+
+Run (writes ``results/predict_speed.json``)::
+
+    .venv/bin/python benchmarks/bench_predict.py --threads 2
+    .venv/bin/python benchmarks/bench_predict.py --model path/to/checkpoint --large 2048 4096 8192
+
+``--random-variant b0`` times a randomly initialised SegFormer of that size instead of a checkpoint (speed only;
+its nuclei are meaningless), for use before a trained checkpoint exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TILES = ("Human_Skin_01", "Human_Larynx_02", "Human_Thymus_01", "Human_Pleura_03")
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def real_tiles() -> list[np.ndarray]:
+    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.release import default_source, open_release
+
+    release = open_release(default_source())
+    return [read_image(release.images[t]) for t in TILES]
+
+
+def timed(function, repeats: int) -> tuple[float, float, object]:
+    """Median wall seconds and median CPU seconds (all threads) over ``repeats`` calls after a warm-up call.
+
+    On a shared machine the wall time includes waiting for a core; the CPU time does not.
+    """
+    result = function()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = function()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return round(float(np.median(walls)), 4), round(float(np.median(cpus)), 4), result
+
+
+def dark_blobs(window: np.ndarray) -> np.ndarray:
+    """A model stand-in for memory and time of tiling and export at scale: dark blobs under 40 px, labelled."""
+    from scipy import ndimage as ndi
+
+    dark = ndi.binary_opening(window.mean(axis=2) < 120, structure=np.ones((3, 3)))
+    labels, _ = ndi.label(dark)
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is not None and max(s.stop - s.start for s in box) > 40:
+            labels[box][labels[box] == index] = 0
+    return labels
+
+
+def model_description(path: Path) -> dict:
+    config = json.loads((path / "config.json").read_text())
+    from cryonuseg_hf import MODEL_PATH
+    from cryonuseg_hf.onnx_backend import checkpoint_hash
+
+    return {
+        "path": str(path),
+        "shipped_checkpoint": path.resolve() == MODEL_PATH.resolve(),
+        "sha256": checkpoint_hash(path),
+        "hidden_sizes": config.get("hidden_sizes"),
+        "depths": config.get("depths"),
+        "input_scale": config.get("cryonuseg_input_scale", 1.0),
+        "model_input_side_for_512_tile": int(round(512 * config.get("cryonuseg_input_scale", 1.0))),
+    }
+
+
+def bench_tile(model: Path, threads: int, repeats: int) -> dict:
+    import torch
+    from PIL import Image
+    from transformers import pipeline
+
+    from cryonuseg_hf.postprocess import probabilities_to_instances
+    from cryonuseg_hf.predict import instances_from_pipeline, load_predictor, predict_instances
+
+    torch.set_num_threads(threads)
+    tile = real_tiles()[0]
+    pil_tile = Image.fromarray(tile)
+    results: dict[str, dict] = {}
+
+    pipe = pipeline("image-segmentation", model=str(model), device="cpu")
+    t, times, segments = timed(lambda: pipe(pil_tile), repeats)
+    t_end, times_end, labels = timed(
+        lambda: instances_from_pipeline(pipe(pil_tile), pipe.model.config), repeats
+    )
+    results["stock_pipeline"] = {"model_s": t, "end_to_end_s": t_end, "end_to_end_times_s": times_end}
+    results["stock_pipeline"]["n_nuclei"] = int(labels.max())
+
+    for name, backend in (("torch", "torch"), ("onnxruntime", "onnx")):
+        predictor = load_predictor(model, device="cpu", backend=backend, threads=threads)
+        t_model, _, probabilities = timed(lambda p=predictor: p.probabilities(tile), repeats)
+        t_post, _, _ = timed(
+            lambda p=predictor, q=probabilities: probabilities_to_instances(q, p.params), repeats
+        )
+        t_end, times_end, labels = timed(lambda p=predictor: predict_instances(tile, p), repeats)
+        results[name] = {
+            "model_s": t_model,
+            "postprocess_s": t_post,
+            "end_to_end_s": t_end,
+            "end_to_end_times_s": times_end,
+            "n_nuclei": int(labels.max()),
+        }
+    stock = results["stock_pipeline"]["end_to_end_s"]
+    for name in ("torch", "onnxruntime"):
+        results[name]["speedup_vs_stock_pipeline"] = round(stock / results[name]["end_to_end_s"], 2)
+    return results
+
+
+def large_child(side: int, model: str, threads: int, backend: str) -> None:
+    """Run in a fresh process: one side x side mosaic end to end; print one JSON line.
+
+    ``backend`` ``stand-in`` replaces the model and post-processing by :func:`dark_blobs`.
+    """
+    from cryonuseg_hf.export import write_outputs
+    from cryonuseg_hf.predict import load_predictor, predict_instances
+    from cryonuseg_hf.tiling import predict_tiled
+
+    tiles = real_tiles()
+    block = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
+    reps = -(-side // block.shape[0])
+    image = np.ascontiguousarray(np.tile(block, (reps, reps, 1))[:side, :side])
+    start = time.perf_counter()
+    if backend == "stand-in":
+        labels = predict_tiled(image, dark_blobs)
+    else:
+        labels = predict_instances(
+            image, load_predictor(model, device="cpu", backend=backend, threads=threads)
+        )
+    predicted = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        write_outputs(image, labels, out, "large")
+    written = time.perf_counter()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "side": side,
+                "megapixels": side * side / 1e6,
+                "n_nuclei": int(labels.max()),
+                "predict_s": round(predicted - start, 2),
+                "write_outputs_s": round(written - predicted, 2),
+                "total_s": round(written - start, 2),
+                "s_per_megapixel": round((written - start) / (side * side / 1e6), 3),
+                "peak_rss_gib": round(peak_kib / 2**20, 3),
+            }
+        )
+    )
+
+
+def bench_large(sides: list[int], model: Path, threads: int, backend: str) -> list[dict]:
+    rows = []
+    for side in sides:
+        command = [sys.executable, __file__, "--large-child", str(side), "--model", str(model)]
+        command += ["--threads", str(threads), "--backend", backend]
+        done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+        if done.returncode != 0:
+            raise RuntimeError(f"large image {side}: child failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"large {side}x{side}: {rows[-1]}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cryonuseg_hf import MODEL_PATH
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=MODEL_PATH, help="checkpoint folder (default: shipped)")
+    parser.add_argument("--random-variant", default=None, help="time a random SegFormer of this size instead")
+    parser.add_argument("--random-scale", type=float, default=2.0, help="input scale of the random model")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--large", type=int, nargs="*", default=[], help="also run these square image sides")
+    parser.add_argument(
+        "--large-backend",
+        default="onnx",
+        choices=("torch", "onnx", "stand-in"),
+        help="stand-in: a thresholding stand-in for the model, to time tiling and export at scale",
+    )
+    parser.add_argument("--skip-tile", action="store_true", help="only the large images")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "predict_speed.json")
+    parser.add_argument("--large-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="onnx", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.large_child is not None:
+        large_child(args.large_child, str(args.model), args.threads, args.backend)
+        return 0
+
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ.setdefault("CRYONUSEG_HF_CACHE", str(Path(scratch) / "onnx-cache"))
+        model = args.model
+        weights = "trained checkpoint"
+        if args.random_variant:
+            from cryonuseg_hf.model import build_model, save_checkpoint
+
+            model = save_checkpoint(
+                build_model(args.random_variant, input_scale=args.random_scale, seed=0),
+                Path(scratch) / "random",
+            )
+            weights = f"random SegFormer-{args.random_variant} (speed only)"
+        if not (model / "config.json").is_file():
+            parser.error(f"{model}: no checkpoint there; pass --model or --random-variant")
+        record = {
+            "command": "python benchmarks/bench_predict.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": {"cpu": cpu_model(), "cores_visible": os.cpu_count(), "gpu": None},
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "weights": weights,
+            "model": model_description(model),
+            "tile": f"{TILES[0]} (512x512, decoded RGB array in, instance labels out)",
+            "load_average_1_5_15_min_at_start": [round(x, 2) for x in os.getloadavg()],
+        }
+        import onnxruntime
+        import torch
+        import transformers
+
+        record["versions"] = {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "transformers": transformers.__version__,
+        }
+        if not args.skip_tile:
+            record["tile_512"] = bench_tile(model, args.threads, args.repeats)
+            fast = record["tile_512"]["onnxruntime"]
+            record["targets"] = {
+                "end_to_end_at_most_0.3_s": fast["end_to_end_s"] <= 0.3,
+                "at_least_2x_faster_than_stock_pipeline": fast["speedup_vs_stock_pipeline"] >= 2.0,
+            }
+            print(json.dumps(record["tile_512"], indent=1), flush=True)
+        if args.large:
+            record["large_images"] = {
+                "backend": args.large_backend,
+                "what": "mosaic of real tiles, predicted in 512 px tiles (64 px margin) and every output file written",
+                "rows": bench_large(args.large, model, args.threads, args.large_backend),
+            }
+    record["load_average_1_5_15_min_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists() and args.skip_tile:
+        previous = json.loads(args.out.read_text())
+        previous.setdefault("large_images_runs", []).append(record)
+        record = previous
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
