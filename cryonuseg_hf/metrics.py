@@ -25,12 +25,13 @@ Writing :math:`T_i` for true nucleus ``i``, :math:`P_j` for predicted nucleus ``
 Where HoVer-Net's code has quirks, this module decides as follows:
 
 - HoVer-Net divides intersections by ``union + 1e-6`` for AJI and AJI+. That only changes which predicted nucleus
-  wins an exact IoU tie: the one with the larger intersection. This module uses exact ratios and breaks such ties
-  explicitly the same way.
+  wins an exact IoU tie: the one with the larger intersection. For AJI this module applies that rule explicitly to
+  exact ratios; for AJI+ the Hungarian algorithm gets HoVer-Net's weights ``inter / (union + 1e-6)``.
 - Remaining exact ties (equal IoU and intersection) go, in HoVer-Net, to the smaller id. Here they go to the
   nucleus whose first pixel comes first in raster (row-major) order: the same choice for images numbered in raster
   order (``skimage.measure.label``), and a score that does not change when the ids are permuted. For AJI+, when
-  equal IoUs make several pairings optimal, the Hungarian algorithm sees the nuclei in that raster order.
+  two pairs within a group of overlapping nuclei have the same weight (so that several pairings may be optimal),
+  the Hungarian algorithm sees that group's nuclei in raster order.
 - HoVer-Net's SQ is ``sum(IoU) / (TP + 1e-6)``; here it is the exact mean (the difference is below 1e-6).
 - HoVer-Net needs contiguous ids (``remap_label`` first) and returns NaN or divides by zero on empty images; here ids
   may be anything non-negative and the empty cases follow the rule above.
@@ -82,6 +83,9 @@ COUNTS: tuple[str, ...] = (
 )
 """The per-tile counts behind the metrics (``iou_sum``: summed IoU of the PQ matches; ``dice_total``:
 foreground pixels of truth plus prediction); the pooled variants are ratios of their sums."""
+
+# HoVer-Net divides by union + 1e-6 when pairing for AJI+; the same weights keep its choices among equal IoUs.
+_HOVERNET_EPS = 1e-6
 
 # A dense table of (true, predicted) bins is faster than sorting while it stays this many times the pixel count.
 _DENSE_TABLE_FACTOR = 8
@@ -245,13 +249,30 @@ def _aji_pairs(t_index, p_index, inter, iou, p_first) -> np.ndarray:
     return order[first]
 
 
+def _equal_iou_in_a_component(row_of: np.ndarray, col_of: np.ndarray, iou: np.ndarray) -> bool:
+    """Whether two edges of one connected component of the overlap graph have the same IoU (the usual source of
+    several optimal pairings)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n_rows = int(row_of.max()) + 1
+    n_nodes = n_rows + int(col_of.max()) + 1
+    graph = coo_matrix((np.ones(row_of.size), (row_of, n_rows + col_of)), shape=(n_nodes, n_nodes))
+    _, component = connected_components(graph, directed=False)
+    edge_component = component[row_of]
+    order = np.lexsort((iou, edge_component))
+    same_component = edge_component[order][1:] == edge_component[order][:-1]
+    return bool((same_component & (iou[order][1:] == iou[order][:-1])).any())
+
+
 def _aji_plus_pairs(t_index, p_index, iou, t_first, p_first) -> np.ndarray:
-    """For AJI+: the edges of a one-to-one pairing that maximises the total IoU (Hungarian).
+    """For AJI+: the edges of a one-to-one pairing that maximises the total of ``iou`` (Hungarian).
 
     Maximum-weight matching splits over connected components of the overlap graph, so an edge whose two nuclei
     overlap nothing else is paired directly and only the rest goes through ``linear_sum_assignment``. When equal
-    IoUs there could make several pairings optimal, rows and columns are first put in raster order of the nuclei's
-    first pixels (``t_first(indices)``, ``p_first(indices)``), so the pairing does not depend on the numbering.
+    IoUs within a group of overlapping nuclei could make several pairings optimal, rows and columns are first put
+    in raster order of the nuclei's first pixels (``t_first(indices)``, ``p_first(indices)``), so the pairing does
+    not depend on the numbering.
     """
     if t_index.size == 0:
         return np.zeros(0, dtype=np.intp)
@@ -265,7 +286,7 @@ def _aji_plus_pairs(t_index, p_index, iou, t_first, p_first) -> np.ndarray:
 
         rows, row_of = np.unique(t_index[rest], return_inverse=True)
         cols, col_of = np.unique(p_index[rest], return_inverse=True)
-        if np.unique(iou[rest]).size < rest.size:
+        if _equal_iou_in_a_component(row_of, col_of, iou[rest]):
             row_of = _raster_rank(t_first(rows))[row_of]
             col_of = _raster_rank(p_first(cols))[col_of]
         weights = np.zeros((rows.size, cols.size))
@@ -327,7 +348,9 @@ def score_tile(truth: Any, prediction: Any, name: str = "tile") -> dict[str, flo
     aji_intersection = int(inter[best].sum())
     aji_union = int(union[best].sum() + t_areas[unpaired_true].sum() + p_areas[unused_pred].sum())
 
-    one_to_one = _aji_plus_pairs(t_index, p_index, iou, t_first, p_first)
+    # HoVer-Net's weights: among equal IoUs the Hungarian algorithm then prefers larger intersections, as AJI does.
+    hovernet_iou = inter / (union + _HOVERNET_EPS) if inter.size else np.zeros(0)
+    one_to_one = _aji_plus_pairs(t_index, p_index, hovernet_iou, t_first, p_first)
     unpaired_true[:] = True
     unpaired_true[t_index[one_to_one]] = False
     unused_pred[:] = True

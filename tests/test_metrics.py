@@ -107,6 +107,15 @@ def test_aji_exact_tie_goes_to_raster_order_whatever_the_ids():
         assert reference_score_tile(truth, prediction)["aji"] == pytest.approx(4 / 17)
 
 
+def test_aji_plus_tie_goes_to_larger_intersection_whatever_the_ids():
+    # The tie of test_aji_tie_goes_to_larger_intersection_then_smaller_id, for AJI+: both pairings have total IoU
+    # 1/4; HoVer-Net's weights inter / (union + 1e-6) prefer the larger intersection: 2/(8 + 1), not 1/(4 + 6).
+    truth = np.array([[1, 1, 1, 1, 0, 0, 0, 0]])
+    for prediction in ([[5, 0, 7, 7, 7, 7, 7, 7]], [[7, 0, 5, 5, 5, 5, 5, 5]]):
+        _expect(score_tile(truth, np.array(prediction)), aji=2 / 9, aji_plus=2 / 9)
+        assert reference_score_tile(truth, np.array(prediction))["aji_plus"] == pytest.approx(2 / 9)
+
+
 def test_aji_plus_is_one_to_one_and_maximises_total_iou():
     # truth 1 (4 px) and 2 (2 px); pred 8 (5 px) covers truth 1 and one pixel of truth 2, pred 9 the other pixel.
     truth = np.array([[1, 1, 1, 1, 2, 2]])
