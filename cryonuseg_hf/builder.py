@@ -355,7 +355,7 @@ def write_config(rows: list[dict], path: Path) -> dict:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per-config counts for the card: tiles, ROIs and labelled instances, overall and per organ."""
+    """Per-config counts for the card: tiles, ROIs and labelled instances, overall, per organ and per tile."""
     per_organ = {o: {"tiles": 0, "n_nuclei": 0, "n_instances": 0} for o in ORGANS}
     for row in rows:
         counts = per_organ[row["organ"]]
@@ -367,6 +367,7 @@ def summarize(rows: list[dict]) -> dict:
         "n_nuclei": sum(r["n_nuclei"] for r in rows),
         "n_instances": sum(r["n_instances"] for r in rows),
         "per_organ": per_organ,
+        "per_tile": {r["tile_id"]: r["n_nuclei"] for r in rows},
     }
 
 

@@ -35,21 +35,21 @@ MASK_DEFINITIONS: dict[str, str] = {
 METADATA_DEFINITIONS: dict[str, str] = {
     "tcga_barcode": "TCGA patient barcode of the source whole-slide image (WSI).",
     "slide_url": "GDC portal page of the WSI.",
-    "race": "as recorded by TCGA; the sheet's `x` (Human_Testes_03) is null.",
+    "race": "as recorded by TCGA; the sheet's `x` (not recorded) is null{null_race}.",
     "sex": "`female` / `male` (the sheet's `f` / `m`).",
     "age_years": "completed years at diagnosis, `floor(-days_to_birth / 365.25)`.",
     "days_to_birth": "the sheet's `Age` column as stored: TCGA *days to birth*, a negative day count.",
     "organ_site": "TCGA primary site (finer than `organ`).",
     "disease": "TCGA diagnosis.",
-    "bit_depth": "bit depth of the WSI (8).",
-    "magnification": "scan magnification of the WSI (40).",
-    "svs_width, svs_height": "WSI size in pixels; null where the sheet leaves it empty (Human_Testes_01).",
-    "microns_per_pixel": "the sheet's `Pixel-Dimensions`; null for Human_Testes_01.",
+    "bit_depth": "bit depth of the WSI.",
+    "magnification": "scan magnification of the WSI.",
+    "svs_width, svs_height": "WSI size in pixels; null where the sheet leaves it empty{null_size}.",
+    "microns_per_pixel": "the sheet's `Pixel-Dimensions`; null where the sheet leaves it empty{null_mpp}.",
     "centroid_x, centroid_y": "centre of the tile in the WSI, in WSI pixels.",
     "difficulty": "`easy` / `medium` / `hard`: the first word of the authors' note.",
     "difficulty_note": "the authors' note on the tile, verbatim (typos included).",
     "n_cells_annotator1_round1, n_cells_annotator1_round2, n_cells_annotator2": "the authors' cell counts per "
-    "mark-up from the sheet (they equal `n_nuclei` of the matching config for all 90 pairs).",
+    "mark-up, from the sheet ({cell_counts}).",
 }
 
 AGREEMENT_METRICS = {"dice": "Dice", "aji": "AJI", "aji_plus": "AJI+", "pq": "PQ"}
@@ -105,6 +105,23 @@ def _counts_table(summaries: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _tiles_where(metadata: dict[str, dict], field: str) -> str:
+    """`` (Human_Testes_01)``: the tiles whose ``field`` is null, for the column definitions."""
+    tiles = [t for t, record in metadata.items() if record[field] is None]
+    return f" ({', '.join(tiles)})" if tiles else " (no tile here)"
+
+
+def _cell_count_check(metadata: dict[str, dict], summaries: dict[str, dict]) -> str:
+    """Whether the sheet's counts equal the ROI counts of each built config, tile by tile."""
+    pairs = [(t, m) for m in summaries for t in metadata]
+    differ = [f"{t}/{m}" for t, m in pairs if metadata[t][f"n_cells_{m}"] != summaries[m]["per_tile"].get(t)]
+    if not differ:
+        return f"equal to `n_nuclei` of the matching config for all {len(pairs)} tile/mark-up pairs"
+    return (
+        f"different from `n_nuclei` for {len(differ)} of {len(pairs)} tile/mark-up pairs: {', '.join(differ)}"
+    )
+
+
 def _agreement_rows(agreement: dict) -> list[str]:
     """Reference rows: one per comparison of :func:`cryonuseg_hf.agreement.human_agreement`, mean over tiles."""
     lines = [
@@ -128,7 +145,7 @@ def render_card(
 
     Args:
         splits: per config, ``num_bytes``, ``num_examples`` and ``download_size`` (from the builder).
-        summaries: per config, tiles, ``n_nuclei``, ``n_instances`` and ``per_organ`` counts.
+        summaries: per config, tiles, ``n_nuclei``, ``n_instances``, ``per_organ`` and ``per_tile`` counts.
         features: the ``datasets.Features`` of every config.
         metadata: the slide metadata per tile (used for the organ-site column of the tile table).
         agreement: :func:`cryonuseg_hf.agreement.human_agreement` output, shown as reference rows; omitted
@@ -234,9 +251,15 @@ def render_card(
         "",
     ]
     lines += [f"- `{name}`: {text}" for name, text in MASK_DEFINITIONS.items()]
+    facts = {
+        "null_race": _tiles_where(metadata, "race"),
+        "null_size": _tiles_where(metadata, "svs_width"),
+        "null_mpp": _tiles_where(metadata, "microns_per_pixel"),
+        "cell_counts": _cell_count_check(metadata, summaries),
+    }
     lines += ["", "### Slide metadata", ""]
     lines += [
-        f"- {', '.join(f'`{f}`' for f in name.split(', '))}: {text}"
+        f"- {', '.join(f'`{f}`' for f in name.split(', '))}: {text.format(**facts)}"
         for name, text in METADATA_DEFINITIONS.items()
     ]
     lines += [

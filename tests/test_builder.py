@@ -67,6 +67,8 @@ def test_card_documents_the_data(built_dataset):
         "365.25",
         "## Human agreement",
         "| intra_observer | `annotator1_round2` | `annotator1_round1` |",
+        "equal to `n_nuclei` of the matching config for all 90 tile/mark-up pairs",
+        "null where the sheet leaves it empty (Human_Testes_01)",
     ):
         assert needle in body, needle
     for column in features():
