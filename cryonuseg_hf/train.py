@@ -313,6 +313,10 @@ def train_model(config: TrainConfig, tiles: dict[str, Any], fold: int | None, pr
         "seconds_per_step": round(seconds / max(step, 1), 3),
         "loss_first_25": float(np.mean(losses[:25])),
         "loss_last_25": float(np.mean(losses[-25:])),
+        "loss_curve": [
+            round(float(np.mean(losses[i : i + config.log_every])), 4)
+            for i in range(0, step, config.log_every)
+        ],
         "device": device,
     }
     return model.eval(), record  # fmt: skip

@@ -1,0 +1,150 @@
+"""Training, saving and the fold protocol, on tiny SegFormers and synthetic tiles (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryonuseg_hf import folds
+from cryonuseg_hf import train as train_module
+from cryonuseg_hf.train import TrainConfig, pack_tiles, sample_batch, train_model, training_indices
+
+torch = pytest.importorskip("torch")
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def _synthetic_tiles(seed: int = 0) -> dict:
+    """30 tiles of purple disks (some touching) on pink, in fold order; every mark-up the same."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    images = np.empty((30, 512, 512, 3), dtype=np.uint8)
+    masks = np.zeros((30, 512, 512), dtype=np.uint16)
+    for t in range(30):
+        for label in range(1, 61):
+            r, c = rng.integers(12, 500, size=2)
+            rr, cc = disk((r, c), rng.integers(6, 11), shape=(512, 512))
+            masks[t, rr, cc] = label
+        noise = rng.normal(0, 8, size=(512, 512, 3))
+        colour = np.where(masks[t, ..., None] > 0, [90, 50, 140], [235, 185, 210])
+        images[t] = np.clip(colour + noise, 0, 255).astype(np.uint8)
+    return {"tile_ids": list(folds.TILE_IDS), "images": images, "masks": {"annotator1_round2": masks}}
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    return _synthetic_tiles()
+
+
+TINY = dict(
+    variant="tiny", input_scale=1.0, batch_size=4, crop=64, warmup=5, lr=3e-3, threads=2, tune_tiles=2
+)
+
+
+def test_tiny_model_learns(tiles):
+    config = TrainConfig(**{**TINY, "batch_size": 2}, steps=30, log_every=5, seed=1)
+    model, record = train_model(config, tiles, fold=3, progress=False)
+    assert record["steps"] == 30 and record["fold"] == 3 and len(record["loss_curve"]) == 6
+    assert record["loss_curve"][-1] < 0.8 * record["loss_curve"][0], record["loss_curve"]
+    assert not set(record["train_tiles"]) & set(folds.tiles_of_fold(3))
+
+
+def test_held_out_tiles_never_reach_training(tiles, monkeypatch):
+    for k in range(folds.N_FOLDS):
+        allowed = {folds.TILE_IDS[i] for i in training_indices(k)}
+        assert allowed == set(folds.train_tiles(k)) and not allowed & set(folds.tiles_of_fold(k))
+    assert training_indices(None) == list(range(30))
+    # batches are drawn from the allowed tiles only: make the held-out tiles of fold 4 pure white
+    images = torch.from_numpy(tiles["images"]).permute(0, 3, 1, 2).clone()
+    held_out = [folds.TILE_IDS.index(t) for t in folds.tiles_of_fold(4)]
+    images[held_out] = 255
+    classes = torch.zeros((30, 512, 512), dtype=torch.uint8)
+    rng = np.random.default_rng(0)
+    config = TrainConfig(**{**TINY, "batch_size": 64})
+    for _ in range(5):
+        x, _ = sample_batch(images, classes, training_indices(4), config, rng)
+        assert (x.flatten(1) != 255).any(1).all()
+    # a broken fold protocol is caught in code, not only here
+    monkeypatch.setattr(train_module, "train_tiles", lambda k: folds.TILE_IDS[:27])
+    with pytest.raises(RuntimeError, match="held-out tiles"):
+        training_indices(0)
+
+
+def test_save_load_identical_outputs(tmp_path, tiles):
+    from cryonuseg_hf.model import build_model, load_checkpoint, predict_probabilities, save_checkpoint
+    from cryonuseg_hf.postprocess import PostprocessParams, params_from_config
+
+    torch.set_num_threads(2)
+    model = build_model("tiny", input_scale=1.5, seed=3).eval()
+    x = torch.rand(1, 3, 96, 96)
+    params = PostprocessParams(interior_threshold=0.42, min_size=7)
+    save_checkpoint(model, tmp_path / "fp32", postprocess=params, fp16=False)
+    save_checkpoint(model, tmp_path / "fp16", postprocess=params)
+    loaded, config = load_checkpoint(tmp_path / "fp32")
+    with torch.inference_mode():
+        assert torch.equal(model(pixel_values=x).logits, loaded(pixel_values=x).logits)
+        half, _ = load_checkpoint(tmp_path / "fp16")
+        assert half.dtype == torch.float32
+        expected = build_model("tiny", input_scale=1.5, seed=3).half().float().eval()
+        assert torch.equal(expected(pixel_values=x).logits, half(pixel_values=x).logits)
+    assert params_from_config(config) == (params, 1.5)
+    assert params_from_config(tmp_path / "fp16") == (params, 1.5)
+    size = json.loads((tmp_path / "fp16" / "preprocessor_config.json").read_text())["size"]
+    assert size == {"height": 768, "width": 768}
+    probabilities = predict_probabilities(loaded, tiles["images"][0][:80, :72], tta=True)
+    assert probabilities.shape == (3, 80, 72)
+    np.testing.assert_allclose(probabilities.sum(0), 1, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_stock_pipeline_offline(tmp_path, tiles):
+    from PIL import Image
+    from transformers import pipeline
+
+    from cryonuseg_hf.model import build_model, save_checkpoint
+
+    save_checkpoint(build_model("tiny", input_scale=1.0), tmp_path / "model")
+    segmenter = pipeline("image-segmentation", model=str(tmp_path / "model"), device="cpu")
+    assert segmenter.model.dtype == torch.float32
+    outputs = segmenter(Image.fromarray(tiles["images"][0][:100, :120]))
+    assert {o["label"] for o in outputs} <= {"background", "nucleus_interior", "nucleus_boundary"}
+    assert outputs and all(o["mask"].size == (120, 100) for o in outputs)
+
+
+def test_cli_fold_and_score(tmp_path, tiles):
+    from PIL import Image
+
+    from cryonuseg_hf.cli import main
+
+    if not (RESULTS / "human_agreement.json").is_file():
+        pytest.skip("results/human_agreement.json missing (cryonuseg-hf agreement)")
+    packed = pack_tiles(
+        {**tiles, "masks": {m: tiles["masks"]["annotator1_round2"] for m in folds_markups()}},
+        tmp_path / "t.npz",
+    )
+    out = tmp_path / "cv"
+    args = ["train", "--data", str(packed), "--fold", "2", "--out", str(out), "--results", str(RESULTS)]
+    args += ["--variant", "tiny", "--input-scale", "1", "--steps", "3", "--crop", "64", "--batch-size", "2"]
+    assert main([*args, "--tune-tiles", "1", "--no-tta"]) == 0
+    for tile in folds.tiles_of_fold(2):
+        prediction = Image.open(out / "predictions" / f"{tile}.png")
+        assert prediction.mode.startswith("I;16") and prediction.size == (512, 512)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_tiles"] == 3 and set(metrics["scores"]) == set(folds_markups())
+    record = json.loads((out / "folds" / "fold_2.json").read_text())
+    assert record["held_out"] == folds.tiles_of_fold(2) and "Human_Larynx_01" in record["train_tiles"]
+    assert not set(record["tuning_tiles"]) & set(record["held_out"])
+    assert "## Per organ" in (out / "metrics.md").read_text()
+    assert (
+        main(["train", "--data", str(packed), "--out", str(out)]) == 2
+    )  # nothing to do: an error, not a run
+
+
+def folds_markups() -> tuple[str, ...]:
+    from cryonuseg_hf.release import MARKUPS
+
+    return MARKUPS
