@@ -195,16 +195,16 @@ def border_pngs(instance_mask: np.ndarray) -> dict[str, bytes]:
 
 
 def read_nuclei(path: Path) -> list[dict]:
-    """The ROI set of one tile as ``nuclei`` entries; an empty or unreadable set raises ``ValueError``."""
+    """The ROI set of one tile as ``nuclei`` entries.
+
+    Raises:
+        ValueError: (``cryonuseg_hf.rois.RoiError``) the set is empty, not a zip, or holds an unreadable ROI;
+            the message names the file and the member.
+    """
     from cryonuseg_hf.rois import read_roi_set
 
-    try:
-        nuclei = read_roi_set(path)
-    except (ValueError, FileNotFoundError):
-        raise
-    except Exception as error:  # roifile and zipfile raise many types for damaged sets
-        raise ValueError(f"{path}: unreadable ROI set ({type(error).__name__}: {error})") from None
-    if not nuclei:
+    nuclei = read_roi_set(path)
+    if not nuclei:  # read_roi_set refuses empty sets itself; this keeps the builder's promise explicit
         raise ValueError(f"{path}: the ROI set holds no ROIs")
     return [
         {

@@ -329,6 +329,15 @@ def test_builder_class_matches_build(fake, tmp_path):
             "missing released mask folder\\(s\\): 'weighted_maps'",
         ),
         (lambda r: (r / "metadata" / "Selected_WSIs.xlsx").unlink(), r"missing metadata/Selected_WSIs.xlsx"),
+        (
+            lambda r: _write_tiff(
+                r / "Annotator 1 (biologist)" / "label masks modify" / "Human_Skin_02.tif",
+                (512, 512),
+                np.uint16,
+                9,
+            ),
+            r"Human_Skin_02.tif: label 9 but the ROI set .*Human_Skin_02_RoiSet.zip holds only 3 ROIs",
+        ),
     ],
     ids=[
         "missing-tile",
@@ -343,6 +352,7 @@ def test_builder_class_matches_build(fake, tmp_path):
         "duplicate-tile",
         "missing-variant",
         "missing-metadata",
+        "mask-and-rois-disagree",
     ],
 )
 def test_bad_release_is_refused_and_leaves_nothing(fake, tmp_path, damage, message):
@@ -356,11 +366,11 @@ def test_bad_release_is_refused_and_leaves_nothing(fake, tmp_path, damage, messa
     assert not (tmp_path / "out").exists() or _no_leftovers(tmp_path / "out")
 
 
-def _write_tiff(path: Path, shape, dtype=np.uint8) -> None:
+def _write_tiff(path: Path, shape, dtype=np.uint8, value: int = 0) -> None:
     import tifffile
 
     path.unlink()
-    tifffile.imwrite(path, np.zeros(shape, dtype))
+    tifffile.imwrite(path, np.full(shape, value, dtype))
 
 
 def _write_png(path: Path, mode: str) -> None:
