@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     source = args.source or default_source()
-    load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_average = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
     builds, loads = [], []
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
