@@ -135,7 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument(f"--{name}", default=getattr(defaults, name))
     for name in ("input_scale", "lr", "weight_decay", "dice_weight", "scale_jitter", "max_seconds"):
         train.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    for name in ("boundary_width", "steps", "batch_size", "crop", "warmup", "tune_tiles", "seed", "threads"):
+    for name in (
+        "boundary_width",
+        "steps",
+        "batch_size",
+        "crop",
+        "warmup",
+        "tune_tiles",
+        "workers",
+        "seed",
+        "threads",
+    ):
         train.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     train.add_argument("--no-tta", dest="tta", action="store_false", help="held-out tiles without TTA")
     train.set_defaults(func=_cmd_train)
@@ -145,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--results", type=Path, default=Path("results"), help="results folder (holds cv/)"
     )
     model_card.add_argument("--out", type=Path, default=Path("model_card.md"))
+    model_card.add_argument(
+        "--repo-id", default="cryonuseg/segformer-cryonuseg", help="Hub model id the widget examples live in"
+    )
     model_card.set_defaults(func=_cmd_model_card)
 
     return parser
@@ -161,7 +174,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_model_card(args: argparse.Namespace) -> int:
     from cryonuseg_hf.model_card import write_model_card
 
-    path = write_model_card(args.results, args.out)
+    path = write_model_card(args.results, args.out, repo_id=args.repo_id)
     print(f"wrote {path}")
     return 0
 

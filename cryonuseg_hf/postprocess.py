@@ -164,6 +164,7 @@ def tune_params(
     references: Iterable[np.ndarray],
     candidates: Sequence[PostprocessParams] | None = None,
     objective: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    workers: int = 1,
 ) -> tuple[PostprocessParams, list[dict[str, Any]]]:
     """The candidate with the best mean objective over (probabilities, reference instances) pairs.
 
@@ -175,32 +176,46 @@ def tune_params(
         candidates: parameter sets to try (default :func:`param_grid`).
         objective: ``f(truth, prediction) -> float`` to maximise; default mean of AJI and PQ from
             ``cryonuseg_hf.metrics.score_tile``.
+        workers: processes scoring tiles in parallel (default objective only; results do not depend on it).
 
     Returns:
         ``(best params, one record per candidate with its params and mean objective)``.
     """
-    if objective is None:
-        from cryonuseg_hf.metrics import score_tile
-
-        def objective(truth: np.ndarray, prediction: np.ndarray) -> float:
-            scores = score_tile(truth, prediction)
-            return 0.5 * (scores["aji"] + scores["pq"])
-
     pairs = list(zip(probabilities, references, strict=True))
     if not pairs:
         raise ValueError("tune_params needs at least one (probabilities, reference) pair")
     candidates = list(candidates) if candidates is not None else param_grid()
-    # min_size only filters the watershed result: run the watershed once per other setting.
-    unfiltered: dict[PostprocessParams, list[np.ndarray]] = {}
-    records = []
+    if workers > 1 and objective is None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_tile_objectives, p, ref, candidates, None) for p, ref in pairs]
+            per_tile = [future.result() for future in futures]
+    else:
+        per_tile = [_tile_objectives(p, ref, candidates, objective) for p, ref in pairs]
+    means = np.mean(np.array(per_tile), axis=0)
+    records = [
+        {**params.to_dict(), "objective": float(value)}
+        for params, value in zip(candidates, means, strict=True)
+    ]
+    return candidates[int(np.argmax(means))], records
+
+
+def _default_objective(truth: np.ndarray, prediction: np.ndarray) -> float:
+    from cryonuseg_hf.metrics import score_tile
+
+    scores = score_tile(truth, prediction)
+    return 0.5 * (scores["aji"] + scores["pq"])
+
+
+def _tile_objectives(probabilities, reference, candidates, objective) -> list[float]:
+    """The objective of every candidate on one tile; the watershed runs once per setting other than min_size."""
+    objective = objective or _default_objective
+    unfiltered: dict[PostprocessParams, np.ndarray] = {}
+    values = []
     for params in candidates:
         key = replace(params, min_size=0)
         if key not in unfiltered:
-            unfiltered[key] = [probabilities_to_instances(p, key) for p, _ in pairs]
-        predictions = [_relabel(labels, params.min_size) for labels in unfiltered[key]]
-        value = float(
-            np.mean([objective(ref, pred) for (_, ref), pred in zip(pairs, predictions, strict=True)])
-        )
-        records.append({**params.to_dict(), "objective": value})
-    best = max(range(len(candidates)), key=lambda i: records[i]["objective"])
-    return candidates[best], records
+            unfiltered[key] = probabilities_to_instances(probabilities, key)
+        values.append(float(objective(reference, _relabel(unfiltered[key], params.min_size))))
+    return values

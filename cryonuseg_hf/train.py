@@ -55,6 +55,8 @@ class TrainConfig:
     tta: bool = True
     tune_tiles: int = 9
     """Training tiles the post-processing is tuned on (one per organ first); 0 = all training tiles."""
+    workers: int = 1
+    """Processes for the post-processing grid search (results do not depend on it)."""
     seed: int = 0
     device: str = "auto"
     threads: int = 2
@@ -292,9 +294,12 @@ def train_model(config: TrainConfig, tiles: dict[str, Any], fold: int | None, pr
         optimizer.step()
         losses.append(float(loss.detach()))
         step += 1
-        if step == 10 and config.max_seconds:  # cut the schedule to the wall-clock budget
-            per_step = (time.perf_counter() - start) / step
-            total = max(step + 1, min(total, int(config.max_seconds / per_step)))
+        if config.max_seconds and step in (10, 30):  # cut the schedule to the budget, timed after warm-up
+            if step == 10:
+                warm = time.perf_counter()
+            else:
+                left = config.max_seconds - (time.perf_counter() - start)
+                total = max(step + 1, min(total, step + int(left / ((time.perf_counter() - warm) / 20))))
         if progress and (step % config.log_every == 0 or step == total):
             logger.info(
                 "fold %s step %d/%d loss %.4f (%.1f s)",
@@ -329,7 +334,7 @@ def tune_postprocess(model, tiles: dict[str, Any], indices: list[int], config: T
 
     probabilities = [predict_probabilities(model, tiles["images"][i], tta=False) for i in indices]
     references = [tiles["masks"][config.markup][i] for i in indices]
-    best, records = tune_params(probabilities, references)
+    best, records = tune_params(probabilities, references, workers=config.workers)
     return best, max(r["objective"] for r in records)
 
 
@@ -553,13 +558,15 @@ def run_training(args, command: str) -> list[str]:
     config = TrainConfig(
         **{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     )
+    folds = list(range(len(TILE_IDS) // 3)) if args.cv else list(args.fold or [])
+    if not (args.pack or folds or args.score_only or args.final):
+        raise ValueError("nothing to do: give --fold K, --cv, --final, --score-only or --pack PATH")
     lines = []
     tiles = load_tiles(args.data, MARKUPS)
     if args.pack:
         lines.append(
             f"packed {len(tiles['tile_ids'])} tiles and {list(tiles['masks'])} into {pack_tiles(tiles, args.pack)}"
         )
-    folds = list(range(len(TILE_IDS) // 3)) if args.cv else list(args.fold or [])
     device = resolve_device(config.device)
     run = {
         "command": command,
@@ -590,6 +597,4 @@ def run_training(args, command: str) -> list[str]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "final.json").write_text(json.dumps(record, indent=2) + "\n")
         lines.append(f"final model: {record['steps']} steps in {record['train_seconds']} s -> {checkpoint}")
-    if not (args.pack or folds or args.score_only or args.final):
-        raise ValueError("nothing to do: give --fold K, --cv, --final, --score-only or --pack PATH")
     return lines  # fmt: skip

@@ -45,9 +45,10 @@ TINY = dict(
 
 
 def test_tiny_model_learns(tiles):
-    config = TrainConfig(**{**TINY, "batch_size": 2}, steps=30, log_every=5, seed=1)
+    # a wall-clock budget this small cuts the 1000-step schedule right after the 30 steps that time it
+    config = TrainConfig(**{**TINY, "batch_size": 2}, steps=1000, max_seconds=1e-3, log_every=8, seed=1)
     model, record = train_model(config, tiles, fold=3, progress=False)
-    assert record["steps"] == 30 and record["fold"] == 3 and len(record["loss_curve"]) == 6
+    assert record["steps"] == 31 and record["fold"] == 3 and len(record["loss_curve"]) == 4
     assert record["loss_curve"][-1] < 0.8 * record["loss_curve"][0], record["loss_curve"]
     assert not set(record["train_tiles"]) & set(folds.tiles_of_fold(3))
 
@@ -126,7 +127,7 @@ def test_cli_fold_and_score(tmp_path, tiles):
         {**tiles, "masks": {m: tiles["masks"]["annotator1_round2"] for m in folds_markups()}},
         tmp_path / "t.npz",
     )
-    out = tmp_path / "cv"
+    out = tmp_path / "results" / "cv"
     args = ["train", "--data", str(packed), "--fold", "2", "--out", str(out), "--results", str(RESULTS)]
     args += ["--variant", "tiny", "--input-scale", "1", "--steps", "3", "--crop", "64", "--batch-size", "2"]
     assert main([*args, "--tune-tiles", "1", "--no-tta"]) == 0
@@ -139,9 +140,21 @@ def test_cli_fold_and_score(tmp_path, tiles):
     assert record["held_out"] == folds.tiles_of_fold(2) and "Human_Larynx_01" in record["train_tiles"]
     assert not set(record["tuning_tiles"]) & set(record["held_out"])
     assert "## Per organ" in (out / "metrics.md").read_text()
-    assert (
-        main(["train", "--data", str(packed), "--out", str(out)]) == 2
-    )  # nothing to do: an error, not a run
+    # nothing to do is an error, not a silent success
+    assert main(["train", "--data", str(packed), "--out", str(out)]) == 2
+
+    card_path = tmp_path / "model_card.md"
+    assert main(["model-card", "--results", str(tmp_path / "results"), "--out", str(card_path)]) == 0
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(card_path)
+    assert card.data.pipeline_tag == "image-segmentation" and card.data.library_name == "transformers"
+    assert card.data.license == "cc-by-nc-sa-4.0" and card.data.widget
+    results = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    ours = metrics["scores"]["annotator1_round2"]
+    assert results[("all_folds", "aji")] == pytest.approx(ours["aji"], abs=1e-4)
+    assert ("fold_2", "pq") in results and ("fold_3", "pq") not in results
+    assert "3 of 30 tiles" in card.text and "Frozen sections" in card.text
 
 
 def folds_markups() -> tuple[str, ...]:
