@@ -197,7 +197,7 @@ because SegFormer predicts at a quarter of its input size) and `cryonuseg_postpr
 
 - Frozen sections only: CryoNuSeg tiles are cryosectioned H&E, with freezing artefacts, folds and weaker
   chromatin detail than formalin-fixed, paraffin-embedded (FFPE) tissue. Expect worse results on FFPE.
-- 40x only (about 0.25 um/px): nuclei at other magnifications must be resized to 40x first.
+- 40x only (TCGA 40x scans, about 0.25 um/px): nuclei at other magnifications must be resized to 40x first.
 - 30 tiles of 512x512 from 10 organs, 3 tiles each: the folds measure generalisation to an unseen organ from
   27 tiles, a small and noisy estimate (per-fold values rest on 3 tiles). Human agreement on these tiles is low
   (AJI 0.53 inter-observer), which caps any measured score.
@@ -214,7 +214,8 @@ Reproduce the whole cross-validation and the final model on one GPU (data reside
 
 ```bash
 cryonuseg-hf train --pack .gpu/cryonuseg_tiles.npz
-cryonuseg-hf train --data .gpu/cryonuseg_tiles.npz --cv --final --device cuda --steps 1500 --max-seconds 50
+cryonuseg-hf train --data .gpu/cryonuseg_tiles.npz --cv --final --device cuda --variant b0 \\
+    --input-scale 2 --batch-size 16 --crop 256 --steps 2000 --max-seconds 45 --workers 8
 cryonuseg-hf model-card
 ```
 """

@@ -186,9 +186,13 @@ def tune_params(
         raise ValueError("tune_params needs at least one (probabilities, reference) pair")
     candidates = list(candidates) if candidates is not None else param_grid()
     if workers > 1 and objective is None:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: the caller may hold a CUDA context or OpenMP threads that a forked child would inherit
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             futures = [pool.submit(_tile_objectives, p, ref, candidates, None) for p, ref in pairs]
             per_tile = [future.result() for future in futures]
     else:

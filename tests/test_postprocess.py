@@ -120,3 +120,21 @@ def test_tune_params_picks_the_best_candidate():
     best, records = tune_params([probabilities], [labels], candidates, objective=lambda t, p: _match(t, p)[3])
     assert best == EXACT and len(records) == 3
     assert records[1]["objective"] == pytest.approx(1.0)
+
+
+def test_tune_params_parallel_matches_serial(release):
+    import tifffile
+
+    from cryonuseg_hf.postprocess import param_grid
+
+    labels = tifffile.imread(
+        release.markups["annotator1_round2"].variants["label_masks_modify"]["Human_Skin_01"]
+    )
+    probabilities = classes_to_probabilities(instances_to_classes(labels))
+    rng = np.random.default_rng(1)
+    noisy = [0.7 * probabilities + 0.3 * rng.random(probabilities.shape, dtype=np.float32) for _ in range(2)]
+    candidates = param_grid((0.4, 0.6), (0.5,), (0, 30))
+    serial = tune_params(noisy, [labels, labels], candidates)
+    parallel = tune_params(noisy, [labels, labels], candidates, workers=2)
+    assert serial == parallel
+    assert serial[0].min_size in (0, 30) and len(serial[1]) == 4
