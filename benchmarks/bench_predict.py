@@ -184,6 +184,10 @@ def large_child(side: int, model: str, threads: int, backend: str) -> None:
 
 
 def bench_large(sides: list[int], model: Path, threads: int, backend: str) -> list[dict]:
+    if backend == "onnx":
+        from cryonuseg_hf.onnx_backend import cached_onnx
+
+        cached_onnx(model)  # export once here: the children time prediction, not the one-off export
     rows = []
     for side in sides:
         command = [sys.executable, __file__, "--large-child", str(side), "--model", str(model)]

@@ -199,13 +199,21 @@ def write_label_tiff(path: Path, labels: np.ndarray) -> Path:
     return path
 
 
-def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray) -> Path:
-    """The image with each nucleus's inner boundary drawn in ``OVERLAY_COLOUR``, as PNG."""
+def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, band: int = 1024) -> Path:
+    """The image with each nucleus's inner boundary drawn in ``OVERLAY_COLOUR``, as PNG.
+
+    Boundaries are found in bands of ``band`` rows (with one row of context each side), so a large image needs
+    only a band's worth of temporary memory.
+    """
     from PIL import Image
     from skimage.segmentation import find_boundaries
 
     overlay = image.copy()
-    overlay[find_boundaries(labels, mode="inner")] = OVERLAY_COLOUR
+    for start in range(0, labels.shape[0], band):
+        stop = min(start + band, labels.shape[0])
+        lo, hi = max(start - 1, 0), min(stop + 1, labels.shape[0])
+        edges = find_boundaries(labels[lo:hi], mode="inner")[start - lo : start - lo + stop - start]
+        overlay[start:stop][edges] = OVERLAY_COLOUR
     Image.fromarray(overlay).save(path, compress_level=3)
     return path
 

@@ -277,15 +277,14 @@ class Predictor:
         x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
         if not tta:
             return self.run(x)[0, :, :height, :width]
-        total = np.zeros((0,), np.float32)
+        total = np.zeros((1, 0, 0, 0), np.float32)
         for k in range(4):
             for flip in (False, True):
                 view = np.rot90(x, k, axes=(2, 3))
-                view = view[:, :, :, ::-1] if flip else view
+                view = view[..., ::-1] if flip else view
                 p = self.run(np.ascontiguousarray(view))
-                p = p[:, :, :, ::-1] if flip else p
-                p = np.rot90(p, -k, axes=(2, 3))
-                total = p if total.size == 0 else total + p
+                p = np.rot90(p[..., ::-1] if flip else p, -k, axes=(2, 3))
+                total = total + p if total.size else p
         return np.ascontiguousarray(total[0, :, :height, :width] / 8.0)
 
 
@@ -503,6 +502,8 @@ def instances_from_pipeline(segments: Sequence[dict], config: Any, params: Any =
     The stock pipeline returns one binary mask per semantic class (the argmax of the upsampled logits), not
     nuclei. This turns those masks into one-hot class probabilities and runs this package's post-processing,
     so the result is the same as :func:`predict_instances` up to the soft probabilities it cannot see.
+    The pipeline's image processor resizes every image to the fixed training size (``512 * input_scale``), so
+    this path is right for 512x512 tiles at 40x only; use :func:`predict_instances` for other sizes.
 
     Args:
         segments: the pipeline's list of ``{"label": class name, "mask": PIL image}``.
