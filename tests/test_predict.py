@@ -344,23 +344,25 @@ def test_instances_from_stock_pipeline_output(release, checkpoint):
 
 
 def test_shipped_checkpoint_predicts(release):
+    """The shipped model loads and runs, and tiling it agrees with predicting the whole image at once."""
     import cryonuseg_hf
     from cryonuseg_hf.metrics import score_tile
 
     if not (cryonuseg_hf.MODEL_PATH / "config.json").is_file():
         pytest.skip(f"{cryonuseg_hf.MODEL_PATH} not written yet (helper 'train')")
-    from cryonuseg_hf.predict import predict_instances, read_image
+    from cryonuseg_hf.predict import load_predictor, predict_instances, read_image
 
-    labels = cryonuseg_hf.predict_instances(release.images["Human_Skin_01"], backend="torch", threads=2)
+    predictor = load_predictor(backend="torch", threads=2)
+    labels = cryonuseg_hf.predict_instances(release.images["Human_Skin_01"], predictor)
     assert labels.shape == (512, 512) and labels.dtype == np.int32 and labels.max() > 0
-    # tiled vs untiled with the real model, on a 2x2 mosaic of real 256x256 crops (seams through tissue)
-    crops = [
-        read_image(release.images[t])[:256, :256]
-        for t in ("Human_Skin_01", "Human_Larynx_02", "Human_Thymus_01", "Human_Pleura_03")
-    ]
+    # a 2x2 mosaic of real tiles (crops at input scale 2, so the untiled pass fits in memory): the seams run
+    # through tissue, and the 3x3 (or 2x2) tiles cut across them
+    side = int(512 / max(predictor.input_scale, 1.0))
+    names = ("Human_Skin_01", "Human_Larynx_02", "Human_Thymus_01", "Human_Pleura_03")
+    crops = [read_image(release.images[t])[:side, :side] for t in names]
     mosaic = np.concatenate([np.concatenate(crops[:2], 1), np.concatenate(crops[2:], 1)], 0)
-    whole = predict_instances(mosaic, backend="torch", threads=2, tile_size=512)
-    tiled = predict_instances(mosaic, backend="torch", threads=2, tile_size=384, margin=64)
+    whole = predict_instances(mosaic, predictor, tile_size=2 * side)
+    tiled = predict_instances(mosaic, predictor, tile_size=512 if side == 512 else 384, margin=64)
     assert score_tile(whole, tiled)["pq"] >= 0.99
 
 
@@ -373,6 +375,7 @@ def test_cli_batch_with_bad_files_finishes_the_others(tmp_path, tile, checkpoint
     good = tmp_path / "in" / "good.png"
     good.parent.mkdir()
     Image.fromarray(tile[:128, :160]).save(good)
+    Image.fromarray(tile[:1, :1]).save(tmp_path / "in" / "dot.png")  # 1x1: every output still written
     (tmp_path / "in" / "bad.png").write_text("no pixels here")
     missing = tmp_path / "in" / "missing.tif"
     out = tmp_path / "out"
@@ -389,17 +392,10 @@ def test_cli_batch_with_bad_files_finishes_the_others(tmp_path, tile, checkpoint
     ]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "bad.png" in err and "missing.tif" in err and "good.png" not in err
+    assert "bad.png" in err and "missing.tif" in err and "good.png" not in err and "dot.png" not in err
     names = sorted(p.name for p in out.iterdir())
-    assert names == [
-        "good.geojson",
-        "good_RoiSet.zip",
-        "good_labels.tif",
-        "good_nuclei.csv",
-        "good_overlay.png",
-    ]
-
-    # outputs exist: never overwritten silently
+    kinds = [".geojson", "_RoiSet.zip", "_labels.tif", "_nuclei.csv", "_overlay.png"]
+    assert names == sorted([f"dot{k}" for k in kinds] + [f"good{k}" for k in kinds])
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(["predict", str(good), "-o", str(out), "--model", str(checkpoint)]) == 1
     assert "--overwrite" in capsys.readouterr().err
