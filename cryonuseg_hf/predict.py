@@ -493,7 +493,11 @@ def predict_instances(
     def predict_tile(tile: np.ndarray) -> np.ndarray:
         return probabilities_to_instances(predictor.probabilities(tile, tta=tta), params)
 
-    return predict_tiled(rgb, predict_tile, tile_size=tile_size, margin=margin, progress=progress)
+    # windows start on the model's sampling grid (stride 32 at its input), as the whole image would
+    align = max(1, round(_PAD_MULTIPLE / predictor.input_scale))
+    return predict_tiled(
+        rgb, predict_tile, tile_size=tile_size, margin=margin, align=align, progress=progress
+    )
 
 
 def instances_from_pipeline(segments: Sequence[dict], config: Any, params: Any = None) -> np.ndarray:

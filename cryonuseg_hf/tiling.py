@@ -31,32 +31,50 @@ class Tile:
     core: tuple[slice, slice]
 
 
-def _axis_tiles(n: int, tile_size: int, margin: int) -> list[tuple[int, int, int, int]]:
+def _axis_tiles(n: int, tile_size: int, margin: int, align: int) -> list[tuple[int, int, int, int]]:
     """(window start, window stop, core start, core stop) along one axis of length ``n``."""
     if n <= tile_size:
         return [(0, n, 0, n)]
-    core = tile_size - 2 * margin
+    # window starts are rounded down to a multiple of `align`, which may cost up to align - 1 pixels of the
+    # context after the core: the core is shortened by that much so the margin holds on both sides
+    core = tile_size - 2 * margin - (align - 1)
     n_cores = -(-n // core)
     edges = np.round(np.linspace(0, n, n_cores + 1)).astype(int)
+    last_start = (n - tile_size) // align * align
     spans = []
     for start, stop in zip(edges[:-1], edges[1:], strict=True):
-        window_start = min(max(int(start) - margin, 0), n - tile_size)
-        spans.append((window_start, window_start + tile_size, int(start), int(stop)))
+        window_start = max(int(start) - margin, 0) // align * align
+        if (
+            window_start >= last_start
+        ):  # the last window runs to the image edge (tile_size .. + align - 1 long)
+            spans.append((last_start, n, int(start), int(stop)))
+        else:
+            spans.append((window_start, window_start + tile_size, int(start), int(stop)))
     return spans
 
 
-def tile_grid(shape: tuple[int, int], tile_size: int = 512, margin: int = 64) -> list[Tile]:
+def tile_grid(shape: tuple[int, int], tile_size: int = 512, margin: int = 64, align: int = 1) -> list[Tile]:
     """The tiles of an image of ``shape`` (rows, cols): one tile when it fits in ``tile_size``.
+
+    Args:
+        shape: (rows, cols) of the image.
+        tile_size: side of the windows (the last window of a row or column may be up to ``align - 1`` longer).
+        margin: context on each side of a core, at least, except at the image border.
+        align: window starts are multiples of this, so that a window samples the image on the same grid as
+            the whole image would (pass the model's stride: SegFormer's is 32 pixels of its input).
 
     >>> [t.core for t in tile_grid((100, 100), tile_size=512)]
     [(slice(0, 100, None), slice(0, 100, None))]
-    >>> len(tile_grid((1024, 1000), tile_size=512, margin=64))
+    >>> len(tile_grid((1024, 1000), tile_size=512, margin=64, align=32))
     9
     """
-    if margin < 0 or tile_size - 2 * margin < 1:
-        raise ValueError(f"tile_size {tile_size} must exceed twice the margin {margin} (and margin >= 0)")
-    rows = _axis_tiles(shape[0], tile_size, margin)
-    cols = _axis_tiles(shape[1], tile_size, margin)
+    if align < 1 or margin < 0 or tile_size - 2 * margin - (align - 1) < 1:
+        raise ValueError(
+            f"tile_size {tile_size} must exceed twice the margin {margin} plus align - 1 ({align - 1}), "
+            "with margin >= 0 and align >= 1"
+        )
+    rows = _axis_tiles(shape[0], tile_size, margin, align)
+    cols = _axis_tiles(shape[1], tile_size, margin, align)
     return [
         Tile((slice(r0, r1), slice(c0, c1)), (slice(cr0, cr1), slice(cc0, cc1)))
         for r0, r1, cr0, cr1 in rows
@@ -81,7 +99,9 @@ def predict_tiled(
     predict_tile: Callable[[np.ndarray], np.ndarray],
     tile_size: int = 512,
     margin: int = 64,
+    align: int = 1,
     progress: bool = False,
+    stats: dict | None = None,
 ) -> np.ndarray:
     """Instance labels of a whole image from a function that labels one tile.
 
@@ -90,7 +110,11 @@ def predict_tiled(
         predict_tile: window of ``image`` -> (h, w) integer instance labels of that window.
         tile_size: side of the windows; an image that fits is labelled in one call.
         margin: context on each side of a core; make it larger than the largest nucleus.
+        align: window starts are multiples of this (see :func:`tile_grid`).
         progress: show a progress bar over tiles.
+        stats: if given, filled with ``tiles``, ``nuclei``, ``duplicates_dropped`` (a nucleus mostly covering
+            one pasted from another tile), ``shared_pixels`` (nuclei that lost pixels to an earlier tile) and
+            ``touching_cut_edge`` (kept nuclei that touch a cut edge of their window: cut, if any).
 
     Returns:
         (H, W) int32 labels, 0 background, 1..N.
@@ -99,9 +123,13 @@ def predict_tiled(
     from tqdm.auto import tqdm
 
     height, width = image.shape[:2]
-    tiles = tile_grid((height, width), tile_size, margin)
+    tiles = tile_grid((height, width), tile_size, margin, align)
     if len(tiles) == 1:
-        return _check_tile_labels(predict_tile(image), (height, width)).astype(np.int32, copy=False)
+        labels = _check_tile_labels(predict_tile(image), (height, width)).astype(np.int32, copy=False)
+        if stats is not None:
+            stats.update(tiles=1, nuclei=len(np.unique(labels)) - (labels.min() == 0), duplicates_dropped=0)
+            stats.update(shared_pixels=0, touching_cut_edge=0)
+        return labels
     out = np.zeros((height, width), np.int32)
     next_id, duplicates, shared, cut = 1, 0, 0, 0
     for tile in tqdm(tiles, desc="tiles", unit="tile", disable=not progress, leave=False):
@@ -134,6 +162,9 @@ def predict_tiled(
             )
             if any(c and t for c, t in zip(cuts, touches, strict=True)):
                 cut += 1
+    if stats is not None:
+        stats.update(tiles=len(tiles), nuclei=next_id - 1, duplicates_dropped=duplicates)
+        stats.update(shared_pixels=shared, touching_cut_edge=cut)
     if duplicates or shared:
         logger.info(
             "tiling: %d duplicate nuclei dropped, %d nuclei shared pixels at tile seams", duplicates, shared
