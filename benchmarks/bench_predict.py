@@ -58,19 +58,32 @@ def real_tiles() -> list[np.ndarray]:
     return [read_image(release.images[t]) for t in TILES]
 
 
-def timed(function, repeats: int) -> tuple[float, float, object]:
-    """Median wall seconds and median CPU seconds (all threads) over ``repeats`` calls after a warm-up call.
+def interleaved(functions: dict, repeats: int) -> dict[str, dict]:
+    """Time each function ``repeats`` times, taking turns (one call of each per round, after a warm-up call of
+    each), so that a load change on a shared machine hits every contestant alike.
 
-    On a shared machine the wall time includes waiting for a core; the CPU time does not.
+    Returns:
+        name -> median wall seconds ``s``, median CPU seconds of the process ``cpu_s`` (all threads: on a busy
+        machine the wall time includes waiting for a core, the CPU time does not), all wall times, last result.
     """
-    result = function()
-    walls, cpus = [], []
+    results = {name: function() for name, function in functions.items()}
+    walls: dict[str, list[float]] = {name: [] for name in functions}
+    cpus: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        result = function()
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - start_cpu)
-    return round(float(np.median(walls)), 4), round(float(np.median(cpus)), 4), result
+        for name, function in functions.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            results[name] = function()
+            walls[name].append(time.perf_counter() - start)
+            cpus[name].append(time.process_time() - start_cpu)
+    return {
+        name: {
+            "s": round(float(np.median(walls[name])), 4),
+            "cpu_s": round(float(np.median(cpus[name])), 4),
+            "all_s": [round(t, 4) for t in walls[name]],
+            "result": results[name],
+        }
+        for name in functions
+    }
 
 
 def dark_blobs(window: np.ndarray) -> np.ndarray:
@@ -112,30 +125,33 @@ def bench_tile(model: Path, threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     tile = real_tiles()[0]
     pil_tile = Image.fromarray(tile)
-    results: dict[str, dict] = {}
-
     pipe = pipeline("image-segmentation", model=str(model), device="cpu")
-    t, times, segments = timed(lambda: pipe(pil_tile), repeats)
-    t_end, times_end, labels = timed(
-        lambda: instances_from_pipeline(pipe(pil_tile), pipe.model.config), repeats
+    by_torch = load_predictor(model, device="cpu", backend="torch", threads=threads)
+    by_onnx = load_predictor(model, device="cpu", backend="onnx", threads=threads)
+    probabilities = by_onnx.probabilities(tile)
+    timings = interleaved(
+        {
+            "stock_pipeline": lambda: instances_from_pipeline(pipe(pil_tile), pipe.model.config),
+            "torch": lambda: predict_instances(tile, by_torch),
+            "onnxruntime": lambda: predict_instances(tile, by_onnx),
+            "stock_pipeline_model": lambda: pipe(pil_tile),
+            "torch_model": lambda: by_torch.probabilities(tile),
+            "onnxruntime_model": lambda: by_onnx.probabilities(tile),
+            "postprocess": lambda: probabilities_to_instances(probabilities, by_onnx.params),
+        },
+        repeats,
     )
-    results["stock_pipeline"] = {"model_s": t, "end_to_end_s": t_end, "end_to_end_times_s": times_end}
-    results["stock_pipeline"]["n_nuclei"] = int(labels.max())
-
-    for name, backend in (("torch", "torch"), ("onnxruntime", "onnx")):
-        predictor = load_predictor(model, device="cpu", backend=backend, threads=threads)
-        t_model, _, probabilities = timed(lambda p=predictor: p.probabilities(tile), repeats)
-        t_post, _, _ = timed(
-            lambda p=predictor, q=probabilities: probabilities_to_instances(q, p.params), repeats
-        )
-        t_end, times_end, labels = timed(lambda p=predictor: predict_instances(tile, p), repeats)
+    results: dict = {}
+    for name in ("stock_pipeline", "torch", "onnxruntime"):
+        end = timings[name]
         results[name] = {
-            "model_s": t_model,
-            "postprocess_s": t_post,
-            "end_to_end_s": t_end,
-            "end_to_end_times_s": times_end,
-            "n_nuclei": int(labels.max()),
+            "end_to_end_s": end["s"],
+            "end_to_end_cpu_s": end["cpu_s"],
+            "end_to_end_all_s": end["all_s"],
+            "model_only_s": timings[f"{name}_model"]["s"],
+            "n_nuclei": int(end["result"].max()),
         }
+    results["postprocess_s"] = timings["postprocess"]["s"]
     stock = results["stock_pipeline"]["end_to_end_s"]
     for name in ("torch", "onnxruntime"):
         results[name]["speedup_vs_stock_pipeline"] = round(stock / results[name]["end_to_end_s"], 2)
