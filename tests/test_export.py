@@ -170,31 +170,41 @@ def checkpoint(tmp_path_factory):
     )
 
 
-def test_onnx_export_matches_torch_on_real_tiles(checkpoint, release, tmp_path):
-    from cryonuseg_hf.onnx_backend import LOGIT_TOLERANCE, export_onnx
+@pytest.fixture(scope="module")
+def exported(checkpoint, release, tmp_path_factory):
+    """The tiny checkpoint exported once, checked on a whole real tile and a non-square crop of another."""
+    from cryonuseg_hf.onnx_backend import export_onnx
     from cryonuseg_hf.predict import read_image
 
     tiles = [read_image(release.images[t]) for t in ("Human_Skin_01", "Human_Testes_02")]
-    report = export_onnx(checkpoint, tmp_path / "m.onnx", images=[*tiles, tiles[1][10:210, 30:330]])
-    assert (tmp_path / "m.onnx").is_file()
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    report = export_onnx(checkpoint, path, images=[tiles[0], tiles[1][10:210, 30:330]])
+    return path, report, tiles
+
+
+def test_onnx_export_matches_torch_on_real_tiles(exported):
+    from cryonuseg_hf.onnx_backend import LOGIT_TOLERANCE
+
+    path, report, _ = exported
+    assert path.is_file()
     assert report["max_abs_logit_diff"] <= LOGIT_TOLERANCE
-    assert report["images"][-1] == [200, 300, 3]
+    assert report["images"] == [[512, 512, 3], [200, 300, 3]]
 
 
-def test_onnx_mismatch_fails_loudly(checkpoint, tmp_path, release):
+def test_onnx_mismatch_fails_loudly(checkpoint, exported, tmp_path):
     """A session that computes something else must be caught by the comparison and refused by the export."""
     import onnxruntime as ort
     import torch
 
     from cryonuseg_hf.onnx_backend import OnnxMismatchError, compare_with_torch, export_onnx
-    from cryonuseg_hf.predict import load_torch_module, read_image
+    from cryonuseg_hf.predict import load_torch_module
 
-    tile = read_image(release.images["Human_Skin_01"])[:128, :128]
-    export_onnx(checkpoint, tmp_path / "a.onnx", images=[tile])
+    path, _, tiles = exported
+    tile = tiles[0][:128, :128]
     module, _ = load_torch_module(checkpoint)
     with torch.no_grad():
         module.model.decode_head.classifier.bias[1] += 0.01  # a small change of one class's logit
-    report = compare_with_torch(module, ort.InferenceSession(str(tmp_path / "a.onnx")), [tile])
+    report = compare_with_torch(module, ort.InferenceSession(str(path)), [tile])
     assert report["max_abs_logit_diff"] == pytest.approx(0.01, abs=1e-3)
     with pytest.raises(OnnxMismatchError, match="differs from torch"):
         export_onnx(checkpoint, tmp_path / "b.onnx", images=[tile], tolerance=-1.0)
@@ -204,17 +214,24 @@ def test_onnx_mismatch_fails_loudly(checkpoint, tmp_path, release):
 def test_onnx_cache_is_keyed_by_checkpoint_hash(checkpoint, tmp_path, monkeypatch):
     import shutil
 
-    from cryonuseg_hf.onnx_backend import cached_onnx, checkpoint_hash
+    import cryonuseg_hf.onnx_backend as onnx_backend
 
+    exports = []
+
+    def fake_export(model_path, out_path):  # the export itself is tested above; here only the cache
+        exports.append(model_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_bytes(b"onnx")
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", fake_export)
     monkeypatch.setenv("CRYONUSEG_HF_CACHE", str(tmp_path / "cache"))
-    first = cached_onnx(checkpoint)
-    assert first.parent == tmp_path / "cache"
-    stamp = first.stat().st_mtime_ns
-    assert cached_onnx(checkpoint) == first and first.stat().st_mtime_ns == stamp  # no second export
+    first = onnx_backend.cached_onnx(checkpoint)
+    assert first.parent == tmp_path / "cache" and exports == [checkpoint]
+    assert onnx_backend.cached_onnx(checkpoint) == first and len(exports) == 1  # no second export
     changed = tmp_path / "changed"
     shutil.copytree(checkpoint, changed)
     config = json.loads((changed / "config.json").read_text())
     config["cryonuseg_input_scale"] = 1.0
     (changed / "config.json").write_text(json.dumps(config))
-    assert checkpoint_hash(changed) != checkpoint_hash(checkpoint)
-    assert cached_onnx(changed) != first
+    assert onnx_backend.checkpoint_hash(changed) != onnx_backend.checkpoint_hash(checkpoint)
+    assert onnx_backend.cached_onnx(changed) != first and exports == [checkpoint, changed]
