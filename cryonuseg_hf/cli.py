@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace) -> int:
     from cryonuseg_hf.train import run_training
 
-    for line in run_training(args, " ".join(["cryonuseg-hf", *sys.argv[1:]])):
+    for line in run_training(args):
         print(line)
     return 0
 

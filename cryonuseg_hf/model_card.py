@@ -97,6 +97,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _short(command: str) -> str:
+    """A recorded command without its ``--scale-note`` text (shown on its own in the card)."""
+    return command.split(" --scale-note")[0]
+
+
 def card_body(metrics: dict[str, Any], final: dict[str, Any]) -> str:
     """The Markdown body: results beside human agreement, how they were made, usage, limitations."""
     config = metrics["config"]
@@ -118,6 +123,8 @@ def card_body(metrics: dict[str, Any], final: dict[str, Any]) -> str:
              str(record.get("steps", "")), str(record.get("train_seconds", ""))]
         )  # fmt: skip
     scale_note = metrics.get("scale_note") or "the full recipe"
+    fold_commands = [r.get("command", "") for r in metrics["folds"].values() if r]
+    commands = ", ".join(f"`{_short(c)}`" for c in dict.fromkeys(fold_commands)) or "(no fold records)"
     missing = 30 - metrics["n_tiles"]
     coverage = (
         "all 30 tiles"
@@ -151,8 +158,8 @@ Per fold, against {markup}, with the human agreement on the same organ:
 
 {_table(["fold", "organ held out", "AJI", "PQ", "Dice", "AJI intra-observer", "AJI inter-observer", "steps", "train s"], per_fold)}
 
-Run: `{metrics["command"]}` on {metrics["machine"]}. Post-processing thresholds were tuned on the training
-tiles of each fold only. Metrics: `cryonuseg_hf.metrics` (HoVer-Net definitions; AJI pairs each reference
+Trained by {commands} on {metrics["machine"]}; scored by `{_short(metrics["command"])}`. Post-processing
+thresholds were tuned on the training tiles of each fold only. Metrics: `cryonuseg_hf.metrics` (HoVer-Net definitions; AJI pairs each reference
 nucleus with its best prediction, PQ matches at IoU > 0.5), mean over tiles.
 
 ## How to get instances

@@ -562,7 +562,33 @@ def machine(device: str) -> str:
     return machine_description()
 
 
-def run_training(args, command: str) -> list[str]:
+def command_line(args) -> str:
+    """The ``cryonuseg-hf train`` command equivalent to ``args``: every option that differs from its default
+    (``--scale-note`` is recorded separately)."""
+    import shlex
+
+    parts = ["cryonuseg-hf", "train"]
+    if args.data is not None:
+        parts += ["--data", str(args.data)]
+    for fold in args.fold or []:
+        parts += ["--fold", str(fold)]
+    parts += [
+        flag
+        for flag, on in (("--cv", args.cv), ("--final", args.final), ("--score-only", args.score_only))
+        if on
+    ]
+    for name in ("pack", "out", "checkpoint", "results"):
+        if getattr(args, name) is not None:
+            parts += [f"--{name}", str(getattr(args, name))]
+    defaults = TrainConfig()
+    for name in TrainConfig.__dataclass_fields__:
+        value = getattr(args, name, getattr(defaults, name))
+        if value != getattr(defaults, name):
+            parts += ["--no-tta"] if name == "tta" else [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(parts)
+
+
+def run_training(args, command: str | None = None) -> list[str]:
     """The ``cryonuseg-hf train`` job: pack, folds, CV scoring and/or the final model. Returns summary lines."""
     import torch
     import transformers
@@ -581,7 +607,7 @@ def run_training(args, command: str) -> list[str]:
         )
     device = resolve_device(config.device)
     run = {
-        "command": command,
+        "command": command or command_line(args),
         "machine": machine(device),
         "config": asdict(config),
         "scale_note": args.scale_note,
