@@ -18,6 +18,7 @@ os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
 os.environ["HF_MODULES_CACHE"] = os.path.join(_HF_HOME, "modules")
 os.environ["HF_METRICS_CACHE"] = os.path.join(_HF_HOME, "metrics")
+os.environ["CRYONUSEG_HF_CACHE"] = os.path.join(_HF_HOME, "cryonuseg_hf")  # ONNX exports
 
 
 @pytest.fixture(scope="session")
