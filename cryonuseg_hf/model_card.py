@@ -11,6 +11,7 @@ Regenerate with ``cryonuseg-hf model-card`` after any training run.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,8 @@ def card_body(metrics: dict[str, Any], final: dict[str, Any]) -> str:
         )  # fmt: skip
     scale_note = metrics.get("scale_note") or "the full recipe"
     fold_commands = [r.get("command", "") for r in metrics["folds"].values() if r]
-    commands = ", ".join(f"`{_short(c)}`" for c in dict.fromkeys(fold_commands)) or "(no fold records)"
+    generic = [re.sub(r"(--fold \d+ ?)+", "--fold K ", _short(c)).strip() for c in fold_commands]
+    commands = ", ".join(f"`{c}`" for c in dict.fromkeys(generic)) or "(no fold records)"
     missing = 30 - metrics["n_tiles"]
     coverage = (
         "all 30 tiles"
@@ -142,7 +144,9 @@ CryoNuSeg (10 organs x 3), ground truth Annotator 1 round 2.
 
 **How this checkpoint was trained: {scale_note}.** Machine: {final.get("machine", metrics["machine"])}.
 Final model: {final.get("steps", "?")} steps of {final_config["batch_size"]} crops of {final_config["crop"]} px,
-input scale {final_config["input_scale"]}, {final.get("train_seconds", "?")} s of training.
+input scale {final_config["input_scale"]}, {final.get("train_seconds", "?")} s of training, made by
+`{_short(final.get("command", "?"))}`; post-processing tuned on {final_config["tune_tiles"] or "all"} of its
+training tiles.
 
 ## Results: leave-one-organ-out cross-validation
 
@@ -158,7 +162,7 @@ Per fold, against {markup}, with the human agreement on the same organ:
 
 {_table(["fold", "organ held out", "AJI", "PQ", "Dice", "AJI intra-observer", "AJI inter-observer", "steps", "train s"], per_fold)}
 
-Trained by {commands} on {metrics["machine"]}; scored by `{_short(metrics["command"])}`. Post-processing
+Trained by {commands} (K = the folds) on {metrics["machine"]}; scored by `{_short(metrics["command"])}`. Post-processing
 thresholds were tuned on the training tiles of each fold only. Metrics: `cryonuseg_hf.metrics` (HoVer-Net definitions; AJI pairs each reference
 nucleus with its best prediction, PQ matches at IoU > 0.5), mean over tiles.
 
