@@ -280,17 +280,8 @@ def train_model(config: TrainConfig, tiles: dict[str, Any], fold: int | None, pr
             group["lr"] = config.lr * lr_scale
         x, y = sample_batch(images_t, classes_t, indices, config, rng)
         x = augment(x.float() / 255.0, generator)
-        side = (
-            int(
-                round(
-                    config.crop
-                    * config.input_scale
-                    * rng.uniform(1 - config.scale_jitter, 1 + config.scale_jitter)
-                    / 32
-                )
-            )
-            * 32
-        )
+        jitter = rng.uniform(1 - config.scale_jitter, 1 + config.scale_jitter)
+        side = 32 * int(round(config.crop * config.input_scale * jitter / 32))
         x = F.interpolate((x - mean) / std, size=(side, side), mode="bilinear", align_corners=False)
         with amp:
             loss = loss_fn(model(pixel_values=x).logits, y, config)
@@ -298,9 +289,11 @@ def train_model(config: TrainConfig, tiles: dict[str, Any], fold: int | None, pr
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())  # no float() here: that would wait for the GPU every step
         step += 1
         if config.max_seconds and step in (10, 30):  # cut the schedule to the budget, timed after warm-up
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
             if step == 10:
                 warm = time.perf_counter()
             else:
@@ -312,9 +305,10 @@ def train_model(config: TrainConfig, tiles: dict[str, Any], fold: int | None, pr
                 fold,
                 step,
                 total,
-                np.mean(losses[-config.log_every :]),
+                float(torch.stack(losses[-config.log_every :]).mean()),
                 time.perf_counter() - start,
             )
+    losses = torch.stack(losses).float().cpu().numpy()
     seconds = time.perf_counter() - start
     record = {
         "fold": fold,
