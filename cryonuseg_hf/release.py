@@ -271,7 +271,7 @@ def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:
         raise ReleaseError(archive, [f"{archive}: not a readable zip file ({error})"]) from None
     with zf:
         stat = archive.stat()
-        base = cache_dir or Path(tempfile.gettempdir()) / "cryonuseg_hf"
+        base = cache_dir or Path(tempfile.gettempdir()) / "cryonuseg_hf-releases"
         target = base / f"{archive.stem}-{stat.st_size}-{int(stat.st_mtime)}"
         if (target / ".complete").exists():
             return target
