@@ -1,0 +1,31 @@
+"""The ``>>>`` examples in the docstrings are part of the documentation: they must stay true."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    f"cryonuseg_hf.{name}"
+    for name in (
+        "agreement",
+        "export",
+        "folds",
+        "mask_report",
+        "masks",
+        "metadata",
+        "metrics",
+        "postprocess",
+        "predict",
+        "targets",
+        "tiling",
+    )
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
