@@ -187,7 +187,7 @@ from cryonuseg_hf.postprocess import params_from_config, probabilities_to_instan
 image = np.asarray(Image.open("tile.png").convert("RGB"))
 
 model = SegformerForSemanticSegmentation.from_pretrained(MODEL_PATH).eval()
-processor = AutoImageProcessor.from_pretrained(MODEL_PATH)       # resizes to 512 * cryonuseg_input_scale
+processor = AutoImageProcessor.from_pretrained(MODEL_PATH)  # resizes to 512 * cryonuseg_input_scale
 logits = model(**processor(image, return_tensors="pt")).logits
 probabilities = torch.nn.functional.interpolate(logits, size=image.shape[:2], mode="bilinear").softmax(1)[0]
 params, input_scale = params_from_config(model.config)
