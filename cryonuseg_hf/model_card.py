@@ -201,8 +201,9 @@ mask per class, not per nucleus: instances need the post-processing above
 (`cryonuseg_hf.predict.instances_from_pipeline` turns the pipeline's output into labels). The command line:
 `cryonuseg-hf predict images/ -o out/` writes label TIFFs, GeoJSON, ImageJ ROIs and CSV.
 
-The config carries `cryonuseg_input_scale` ({config["input_scale"]}: the tile is upsampled before the encoder
-because SegFormer predicts at a quarter of its input size) and `cryonuseg_postprocess` (tuned thresholds).
+The config carries `cryonuseg_input_scale` ({config["input_scale"]}: the factor by which a tile is upsampled
+before the encoder, since SegFormer predicts at a quarter of its input size) and `cryonuseg_postprocess` (tuned
+thresholds).
 
 ## Limitations
 
