@@ -12,6 +12,7 @@ torch and transformers are imported inside the functions: importing this module 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +149,37 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     return model, model.config
 
 
-def normalize(images_uint8, input_scale: float):
-    """(B, 3, H, W) uint8 tensor -> float input of the encoder: ImageNet-normalised, upsampled by ``input_scale``."""
+def probability_module(
+    model, input_scale: float, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD
+):
+    """The inference graph: a ``torch.nn.Module`` (N, 3, H, W) float RGB 0..255 -> (probabilities, logits).
+
+    The input is normalised with ``mean``/``std`` (fractions of 255, as the image processor stores them) and
+    upsampled by ``input_scale``; the probabilities are the softmax of the logits upsampled (bilinear) back to
+    H x W; the logits are the SegFormer's, at a quarter of the upsampled input. This one module makes the CV's
+    held-out predictions (:func:`predict_probabilities`), runs the torch backend of :mod:`cryonuseg_hf.predict`
+    and is what the ONNX file holds, so all three compute one graph.
+    """
     import torch
     import torch.nn.functional as F
 
-    mean = torch.tensor(IMAGE_MEAN, device=images_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=images_uint8.device).view(1, 3, 1, 1)
-    x = (images_uint8.float() / 255.0 - mean) / std
-    if input_scale != 1.0:
-        x = F.interpolate(x, scale_factor=input_scale, mode="bilinear", align_corners=False)
-    return x
+    class ProbabilityModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+        def forward(self, images):
+            x = (images - self.mean) / self.std
+            if input_scale != 1.0:
+                x = F.interpolate(x, scale_factor=input_scale, mode="bilinear", align_corners=False)
+            logits = self.model(pixel_values=x).logits
+            upsampled = F.interpolate(logits, size=images.shape[2:], mode="bilinear", align_corners=False)
+            return upsampled.softmax(1), logits
+
+    device = next(model.parameters()).device
+    return ProbabilityModel().to(device).eval()
 
 
 def predict_probabilities(
@@ -173,23 +194,20 @@ def predict_probabilities(
         tta: average the softmax over the 8 flips/rotations of the image.
     """
     import torch
-    import torch.nn.functional as F
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
     if input_scale is None:
         input_scale = float(getattr(model.config, INPUT_SCALE_KEY, 1.0))
-    device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
+    module = probability_module(model, input_scale)
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(module.mean.device).float()
     views = [(k, flip) for k in range(4) for flip in (False, True)] if tta else [(0, False)]
     total = 0
     with torch.inference_mode():
         for k, flip in views:
             view = torch.rot90(x, k, dims=(2, 3))
-            view = view.flip(3) if flip else view
-            logits = model(pixel_values=normalize(view, input_scale)).logits.float()
-            p = F.interpolate(logits, size=view.shape[2:], mode="bilinear", align_corners=False).softmax(1)
-            p = p.flip(3) if flip else p
+            p, _ = module(view.flip(3) if flip else view)
+            p = p.float().flip(3) if flip else p.float()
             total = total + torch.rot90(p, -k, dims=(2, 3))
     return (total / len(views))[0].cpu().numpy().astype(np.float32)

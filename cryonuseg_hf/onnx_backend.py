@@ -1,6 +1,6 @@
 """The fast CPU path: the checkpoint exported to ONNX once, checked against torch, cached, run by onnxruntime.
 
-What is exported is :func:`cryonuseg_hf.predict.probability_module`: RGB 0..255 in, (probabilities, logits) out,
+What is exported is :func:`cryonuseg_hf.model.probability_module`: RGB 0..255 in, (probabilities, logits) out,
 with normalisation, the input upsampling, the SegFormer and the upsampled softmax in one graph, and dynamic batch,
 height and width. The torch backend runs the very same module, so the two backends differ only in kernels.
 

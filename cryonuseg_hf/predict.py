@@ -336,37 +336,9 @@ def image_statistics(model_path: Path) -> tuple[list[float], list[float]]:
     return list(config.get("image_mean", IMAGE_MEAN)), list(config.get("image_std", IMAGE_STD))
 
 
-def probability_module(model, input_scale: float, mean: Sequence[float], std: Sequence[float]):
-    """A ``torch.nn.Module``: (N, 3, H, W) float RGB 0..255 -> (probabilities, logits).
-
-    Probabilities are the softmax of the logits upsampled (bilinear) to H x W; logits are the SegFormer's, at a
-    quarter of the upsampled input. The same module runs the torch backend and is what the ONNX file holds, so
-    the two backends compute one graph. It normalises and upsamples as :func:`cryonuseg_hf.model.normalize` does.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    class ProbabilityModel(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-
-        def forward(self, images):
-            x = (images - self.mean) / self.std
-            if input_scale != 1.0:
-                x = F.interpolate(x, scale_factor=input_scale, mode="bilinear", align_corners=False)
-            logits = self.model(pixel_values=x).logits
-            upsampled = F.interpolate(logits, size=images.shape[2:], mode="bilinear", align_corners=False)
-            return upsampled.softmax(1), logits
-
-    return ProbabilityModel().eval()
-
-
 def load_torch_module(model_path: Path, device: str = "cpu"):
     """``(probability_module on device, input_scale)`` for a checkpoint folder, in float32 and eval mode."""
-    from cryonuseg_hf.model import load_checkpoint
+    from cryonuseg_hf.model import load_checkpoint, probability_module
     from cryonuseg_hf.postprocess import params_from_config
 
     model, config = load_checkpoint(model_path, device=device)
