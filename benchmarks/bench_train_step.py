@@ -16,10 +16,15 @@ import time
 from pathlib import Path
 
 SETTINGS = [
-    # (variant, input scale, batch size, crop)
-    ("b0", 1.0, 8, 128),
-    ("b0", 1.0, 8, 256),
-    ("b0", 2.0, 8, 256),
+    # (variant, input scale, first-stage stride, batch size, crop, bf16 autocast)
+    ("b0", 1.0, 4, 8, 128, False),
+    ("b0", 1.0, 4, 8, 128, True),
+    ("b0", 1.0, 4, 2, 256, False),
+    ("b0", 1.0, 2, 8, 128, False),
+    ("b0", 1.0, 2, 8, 128, True),
+    ("b0", 2.0, 4, 8, 128, False),
+    ("b1", 1.0, 4, 8, 128, False),
+    ("b0", 1.0, 4, 8, 256, False),
 ]
 
 
@@ -35,10 +40,10 @@ def main() -> None:
 
     tiles = load_tiles(None, ("annotator1_round2",))
     rows = []
-    for variant, scale, batch, crop in SETTINGS:
+    for variant, scale, stride, batch, crop, bf16 in SETTINGS:
         config = TrainConfig(
-            variant=variant, input_scale=scale, batch_size=batch, crop=crop, steps=1, scale_jitter=0.0,
-            threads=args.threads, device="cpu",
+            variant=variant, input_scale=scale, first_stride=stride, batch_size=batch, crop=crop, steps=1,
+            scale_jitter=0.0, threads=args.threads, device="cpu", bf16=bf16,
         )  # fmt: skip
         train_model(config, tiles, fold=1, progress=False)  # warm-up: first-step allocations, lazy imports
         config.steps = args.steps
@@ -48,6 +53,8 @@ def main() -> None:
         row = {
             "variant": variant,
             "input_scale": scale,
+            "first_stride": stride,
+            "bf16": bf16,
             "batch_size": batch,
             "crop": crop,
             "encoder_input": int(crop * scale),
@@ -75,12 +82,14 @@ def main() -> None:
         "shared with other jobs (load average column): wall time is inflated by that; process CPU time (summed "
         "over threads) is the steadier number.",
         "",
-        "| variant | input scale | batch x crop | encoder input | wall s/step | process CPU s/step | load avg |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | input scale | first stride | bf16 | batch x crop | encoder input | wall s/step | process CPU s/step "
+        "| load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['input_scale']} | {r['batch_size']} x {r['crop']}² | {r['encoder_input']}² | "
+            f"| {r['variant']} | {r['input_scale']} | {r['first_stride']} | {r['bf16']} | {r['batch_size']} x "
+            f"{r['crop']}² | {r['encoder_input']}² | "
             f"{r['wall_s_per_step']} | {r['process_cpu_s_per_step']} | {r['load_average']} |"
         )
     (args.out / "train_step_cpu.md").write_text("\n".join(lines) + "\n")

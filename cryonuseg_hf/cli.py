@@ -137,27 +137,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", type=Path, default=None, help="final model folder (default: shipped)")
     train.add_argument("--results", type=Path, default=Path("results"), help="holds human_agreement.json")
     train.add_argument("--scale-note", default="", help="how this run differs from the full recipe")
-    from cryonuseg_hf.train import TrainConfig
-
-    defaults = TrainConfig()
-    for name in ("variant", "init", "markup", "device"):
-        train.add_argument(f"--{name}", default=getattr(defaults, name))
-    for name in ("input_scale", "lr", "weight_decay", "dice_weight", "scale_jitter", "max_seconds"):
-        train.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    for name in (
-        "boundary_width",
-        "steps",
-        "batch_size",
-        "crop",
-        "warmup",
-        "tune_tiles",
-        "workers",
-        "seed",
-        "threads",
-    ):
-        train.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    _add_train_options(train)
     train.add_argument("--no-tta", dest="tta", action="store_false", help="held-out tiles without TTA")
     train.set_defaults(func=_cmd_train)
+
+    pretrain = sub.add_parser(
+        "pretrain",
+        help="train one SegFormer start point on other 40x H&E nuclei data (images/, labels/, ignore/ folders)",
+    )
+    pretrain.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="a folder with images/*.png, labels/*.png and optionally ignore/*.png (repeat for several)",
+    )
+    pretrain.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    pretrain.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="resumable training state (default: <out>.state.pt beside --out); rerun the command to resume",
+    )
+    _add_train_options(pretrain)
+    pretrain.set_defaults(func=_cmd_pretrain)
 
     model_card = sub.add_parser("model-card", help="write model_card.md from the CV results files")
     model_card.add_argument(
@@ -170,6 +173,48 @@ def build_parser() -> argparse.ArgumentParser:
     model_card.set_defaults(func=_cmd_model_card)
 
     return parser
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """The recipe options (every field of ``TrainConfig``), shared by ``train`` and ``pretrain``."""
+    from cryonuseg_hf.train import TrainConfig
+
+    defaults = TrainConfig()
+    for name in ("variant", "init", "markup", "device"):
+        parser.add_argument(f"--{name}", default=getattr(defaults, name))
+    for name in (
+        "input_scale",
+        "lr",
+        "weight_decay",
+        "dice_weight",
+        "scale_jitter",
+        "max_seconds",
+        "save_every",
+    ):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    for name in (
+        "first_stride",
+        "boundary_width",
+        "steps",
+        "batch_size",
+        "crop",
+        "warmup",
+        "tune_tiles",
+        "workers",
+        "seed",
+        "threads",
+        "log_every",
+    ):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (always on with CUDA)")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.train import run_pretraining
+
+    for line in run_pretraining(args):
+        print(line)
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

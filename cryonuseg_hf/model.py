@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cryonuseg_hf.postprocess import CONFIG_KEY, INPUT_SCALE_KEY, PostprocessParams
 from cryonuseg_hf.targets import CLASS_NAMES
 
@@ -48,14 +46,26 @@ def _label_maps() -> dict[str, Any]:
 
 
 def segformer_config(
-    variant: str = "b0", input_scale: float = 2.0, postprocess: PostprocessParams | None = None
+    variant: str = "b0",
+    input_scale: float = 2.0,
+    postprocess: PostprocessParams | None = None,
+    first_stride: int = 4,
 ):
-    """A ``SegformerConfig`` for one of ``VARIANTS`` with the CryoNuSeg classes and extra keys."""
+    """A ``SegformerConfig`` for one of ``VARIANTS`` with the CryoNuSeg classes and extra keys.
+
+    ``first_stride`` is the stride of the first patch embedding: 4 as in the paper (logits at a quarter of the
+    input), or 2 (logits at half the input; every stage then sees twice as many tokens per side). It is a
+    stock config field (``strides``), so the stock pipeline runs either.
+    """
     from transformers import SegformerConfig
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    config = SegformerConfig(**VARIANTS[variant], **_label_maps(), semantic_loss_ignore_index=255)
+    if first_stride not in (1, 2, 4):
+        raise ValueError(f"first_stride must be 1, 2 or 4, got {first_stride}")
+    config = SegformerConfig(
+        **VARIANTS[variant], **_label_maps(), semantic_loss_ignore_index=255, strides=[first_stride, 2, 2, 2]
+    )
     _set_extras(config, input_scale, postprocess)
     return config
 
@@ -82,18 +92,26 @@ def image_processor(input_scale: float = 2.0):
     )
 
 
-def build_model(variant: str = "b0", input_scale: float = 2.0, init: str | Path | None = None, seed: int = 0):
+def build_model(
+    variant: str = "b0",
+    input_scale: float = 2.0,
+    init: str | Path | None = None,
+    seed: int = 0,
+    first_stride: int = 4,
+):
     """A fresh SegFormer (weights drawn with ``seed``), or one fine-tuned from ``init`` (Hub id or folder).
 
-    With ``init``, the encoder weights come from the pretrained model and the decode head is rebuilt for the
-    three CryoNuSeg classes; ``variant`` is then ignored.
+    With ``init``, every weight whose shape fits comes from the pretrained model (a model pretrained with the
+    three CryoNuSeg classes keeps its decode head too); ``variant`` and ``first_stride`` are then the init's.
     """
     import torch
     from transformers import SegformerForSemanticSegmentation
 
     torch.manual_seed(seed)
     if init is None:
-        return SegformerForSemanticSegmentation(segformer_config(variant, input_scale))
+        return SegformerForSemanticSegmentation(
+            segformer_config(variant, input_scale, first_stride=first_stride)
+        )
     model = SegformerForSemanticSegmentation.from_pretrained(
         str(init), **_label_maps(), ignore_mismatched_sizes=True, dtype=torch.float32
     )
@@ -156,9 +174,9 @@ def probability_module(
 
     The input is normalised with ``mean``/``std`` (fractions of 255, as the image processor stores them) and
     upsampled by ``input_scale``; the probabilities are the softmax of the logits upsampled (bilinear) back to
-    H x W; the logits are the SegFormer's, at a quarter of the upsampled input. This one module makes the CV's
-    held-out predictions (:func:`predict_probabilities`), runs the torch backend of :mod:`cryonuseg_hf.predict`
-    and is what the ONNX file holds, so all three compute one graph.
+    H x W; the logits are the SegFormer's (at a quarter of the upsampled input with the paper's first stride).
+    This one module runs the torch backend of :mod:`cryonuseg_hf.predict`, through which the CV makes its
+    held-out predictions, and is what the ONNX file holds, so all of them compute one graph.
     """
     import torch
     import torch.nn.functional as F
@@ -180,34 +198,3 @@ def probability_module(
 
     device = next(model.parameters()).device
     return ProbabilityModel().to(device).eval()
-
-
-def predict_probabilities(
-    model, image: np.ndarray, input_scale: float | None = None, tta: bool = True
-) -> np.ndarray:
-    """(C, H, W) float32 class probabilities of one (H, W, 3) uint8 image, at image resolution.
-
-    Args:
-        model: a SegFormer in eval mode.
-        image: RGB uint8 image (any size; 40x H&E like CryoNuSeg).
-        input_scale: upsampling before the encoder; default the model's ``cryonuseg_input_scale``.
-        tta: average the softmax over the 8 flips/rotations of the image.
-    """
-    import torch
-
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-    if input_scale is None:
-        input_scale = float(getattr(model.config, INPUT_SCALE_KEY, 1.0))
-    module = probability_module(model, input_scale)
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(module.mean.device).float()
-    views = [(k, flip) for k in range(4) for flip in (False, True)] if tta else [(0, False)]
-    total = 0
-    with torch.inference_mode():
-        for k, flip in views:
-            view = torch.rot90(x, k, dims=(2, 3))
-            p, _ = module(view.flip(3) if flip else view)
-            p = p.float().flip(3) if flip else p.float()
-            total = total + torch.rot90(p, -k, dims=(2, 3))
-    return (total / len(views))[0].cpu().numpy().astype(np.float32)

@@ -387,10 +387,11 @@ def load_predictor(
     return _load_predictor(path, _resolve_device(device), backend, threads)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_predictor(path: Path, device: str, backend: str, threads: int | None) -> Predictor:
+def open_predictor(path: Path, device: str, backend: str, threads: int | None) -> Predictor:
+    """:func:`load_predictor` without its cache and argument checks: read the checkpoint now."""
     from cryonuseg_hf.postprocess import params_from_config
 
+    path = Path(path)
     if threads is not None:
         import torch
 
@@ -412,6 +413,9 @@ def _load_predictor(path: Path, device: str, backend: str, threads: int | None) 
         backend, run = "torch", _torch_runner(path, device)
     logger.info("loaded %s (%s on %s, input scale %g)", path, backend, device, input_scale)
     return Predictor(path, backend, device, input_scale, params, run)
+
+
+_load_predictor = functools.lru_cache(maxsize=4)(open_predictor)
 
 
 # ---------------------------------------------------------------------------------------------- instances

@@ -44,6 +44,8 @@ class TrainConfig:
 
     variant: str = "b0"
     input_scale: float = 2.0
+    first_stride: int = 4
+    """Stride of SegFormer's first patch embedding (4 in the paper; 2 doubles the output resolution)."""
     init: str | None = None
     markup: str = DEFAULT_MARKUP
     boundary_width: int = 1
@@ -67,6 +69,10 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 2
     log_every: int = 25
+    bf16: bool = False
+    """bf16 autocast on the CPU too (always on with CUDA)."""
+    save_every: float = 300.0
+    """Seconds between resumable training states (with ``state_path``)."""
 
 
 def resolve_device(name: str) -> str:
@@ -230,50 +236,123 @@ def sample_batch(images, classes, indices: list[int], config: TrainConfig, rng: 
 
 
 def loss_fn(logits, target, config: TrainConfig):
-    """Weighted cross-entropy plus soft Dice over the two nucleus classes, at the target's resolution."""
+    """Weighted cross-entropy plus soft Dice over the two nucleus classes, at the target's resolution.
+
+    Pixels of class ``IGNORE_INDEX`` (ambiguous areas of pretraining data) count in neither term.
+    """
     import torch
     import torch.nn.functional as F
 
+    from cryonuseg_hf.targets import IGNORE_INDEX
+
     logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
     weight = torch.tensor(config.class_weights, device=logits.device)
-    ce = F.cross_entropy(logits, target, weight=weight)
-    p = logits.softmax(1)[:, 1:]
-    onehot = F.one_hot(target, p.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].float()
+    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
+    valid = (target != IGNORE_INDEX).unsqueeze(1)
+    p = logits.softmax(1)[:, 1:] * valid
+    onehot = F.one_hot(target.masked_fill(~valid[:, 0], 0), p.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].float()
     dice = 1 - (2 * (p * onehot).sum((0, 2, 3)) + 1) / ((p + onehot).sum((0, 2, 3)) + 1)
     return ce + config.dice_weight * dice.mean()
 
 
-def train_model(config: TrainConfig, tiles: dict[str, Any], fold: int | None, progress: bool = True):
-    """Train one SegFormer on the training tiles of ``fold`` (None: all 30). Returns (model, record)."""
+def train_model(
+    config: TrainConfig,
+    tiles: dict[str, Any],
+    fold: int | None,
+    progress: bool = True,
+    state_path: str | Path | None = None,
+):
+    """Train one SegFormer on the CryoNuSeg training tiles of ``fold`` (None: all 30). Returns (model, record)."""
+    from cryonuseg_hf.targets import instances_to_classes
+
+    indices = training_indices(fold)
+    classes = np.stack(
+        [instances_to_classes(m, config.boundary_width) for m in tiles["masks"][config.markup]]
+    )
+    model, record = fit_segformer(
+        config, tiles["images"], classes, indices, 0 if fold is None else fold + 1, progress, state_path,
+        name=f"fold {fold}",
+    )  # fmt: skip
+    record = {"fold": fold, "train_tiles": [TILE_IDS[i] for i in indices], **record}
+    return model, record
+
+
+def fit_segformer(
+    config: TrainConfig,
+    images: np.ndarray,
+    classes: np.ndarray,
+    indices: list[int],
+    stream: int = 0,
+    progress: bool = True,
+    state_path: str | Path | None = None,
+    name: str = "model",
+):
+    """The training loop: random crops of ``images[indices]`` / ``classes[indices]``, augmented on the device.
+
+    Args:
+        config: the recipe.
+        images: (N, H, W, 3) uint8.
+        classes: (N, H, W) uint8 class maps (``IGNORE_INDEX`` = not in the loss).
+        indices: which of the N images may be drawn.
+        stream: random-stream key (the fold + 1; 0 for the final model), so folds draw different crops.
+        state_path: a file for resumable training state, written every ``config.save_every`` seconds and at the
+            end; an existing one made with the same config is resumed from its step. Removed by the caller.
+        name: how the log names this model.
+
+    Returns:
+        ``(model in eval mode, record)``; the record holds steps, timing and the loss curve.
+    """
     import torch
     import torch.nn.functional as F
 
     from cryonuseg_hf.model import IMAGE_MEAN, IMAGE_STD, build_model
-    from cryonuseg_hf.targets import instances_to_classes
 
     torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    indices = training_indices(fold)
-    rng = np.random.default_rng([config.seed, 0 if fold is None else fold + 1])
-    generator = torch.Generator(device=device).manual_seed(
-        config.seed * 1000 + (0 if fold is None else fold + 1)
-    )
-    classes = np.stack(
-        [instances_to_classes(m, config.boundary_width) for m in tiles["masks"][config.markup]]
-    )
-    images_t = torch.from_numpy(tiles["images"]).permute(0, 3, 1, 2).contiguous().to(device)
-    classes_t = torch.from_numpy(classes).to(device)
-    model = build_model(config.variant, config.input_scale, config.init, seed=config.seed).to(device).train()
+    rng = np.random.default_rng([config.seed, stream])
+    generator = torch.Generator(device=device).manual_seed(config.seed * 1000 + stream)
+    images_t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+    classes_t = torch.from_numpy(np.ascontiguousarray(classes)).to(device)
+    model = build_model(
+        config.variant, config.input_scale, config.init, seed=config.seed, first_stride=config.first_stride
+    ).to(device).train()  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.startswith("cuda")
-        else torch.autocast("cpu", enabled=False)
-    )
-    total, losses, start = config.steps, [], time.perf_counter()
-    step = 0
+    if device.startswith("cuda"):
+        amp = torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16)
+    total, losses, step, elapsed = config.steps, [], 0, 0.0
+    state_path = Path(state_path) if state_path is not None else None
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state["config"] != asdict(config) or state["stream"] != stream:
+            raise ValueError(f"{state_path}: training state of another recipe; remove it to start afresh")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        generator.set_state(state["generator"].cpu())
+        if "torch_rng" in state:  # stochastic depth draws from the global generator
+            torch.set_rng_state(state["torch_rng"].cpu())
+        total, step, elapsed = state["total"], state["step"], state["elapsed"]
+        losses = [torch.tensor(v) for v in state["losses"]]
+        logger.info("%s: resumed from %s at step %d/%d", name, state_path, step, total)
+
+    def save_state() -> None:
+        state = {
+            "config": asdict(config), "stream": stream, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "total": total, "step": step,
+            "elapsed": elapsed + time.perf_counter() - start, "losses": [float(v) for v in losses],
+        }  # fmt: skip
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = state_path.with_name(state_path.name + ".partial")
+        torch.save(state, partial)
+        partial.replace(state_path)
+
+    start = last_save = time.perf_counter()
+    resumed_at = step
     while step < total:
         lr_scale = min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
         for group in optimizer.param_groups:
@@ -291,28 +370,32 @@ def train_model(config: TrainConfig, tiles: dict[str, Any], fold: int | None, pr
         optimizer.step()
         losses.append(loss.detach())  # no float() here: that would wait for the GPU every step
         step += 1
-        if config.max_seconds and step in (10, 30):  # cut the schedule to the budget, timed after warm-up
+        if config.max_seconds and step - resumed_at in (
+            10,
+            30,
+        ):  # cut the schedule to the budget after warm-up
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            if step == 10:
+            if step - resumed_at == 10:
                 warm = time.perf_counter()
             else:
-                left = config.max_seconds - (time.perf_counter() - start)
+                left = config.max_seconds - (elapsed + time.perf_counter() - start)
                 total = max(step + 1, min(total, step + int(left / ((time.perf_counter() - warm) / 20))))
         if progress and (step % config.log_every == 0 or step == total):
             logger.info(
-                "fold %s step %d/%d loss %.4f (%.1f s)",
-                fold,
+                "%s step %d/%d loss %.4f (%.1f s)",
+                name,
                 step,
                 total,
                 float(torch.stack(losses[-config.log_every :]).mean()),
-                time.perf_counter() - start,
+                elapsed + time.perf_counter() - start,
             )
-    losses = torch.stack(losses).float().cpu().numpy()
-    seconds = time.perf_counter() - start
+        if state_path is not None and (time.perf_counter() - last_save > config.save_every or step == total):
+            save_state()
+            last_save = time.perf_counter()
+    losses = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)
+    seconds = elapsed + time.perf_counter() - start
     record = {
-        "fold": fold,
-        "train_tiles": [TILE_IDS[i] for i in indices],
         "steps": step,
         "train_seconds": round(seconds, 1),
         "seconds_per_step": round(seconds / max(step, 1), 3),
@@ -324,38 +407,56 @@ def train_model(config: TrainConfig, tiles: dict[str, Any], fold: int | None, pr
         ],
         "device": device,
     }
-    return model.eval(), record  # fmt: skip
+    return model.eval(), record
 
 
-def tune_postprocess(model, tiles: dict[str, Any], indices: list[int], config: TrainConfig):
-    """Post-processing parameters tuned on the given training tiles (predicted without TTA)."""
-    from cryonuseg_hf.model import predict_probabilities
+def tune_postprocess(predictor, tiles: dict[str, Any], indices: list[int], config: TrainConfig):
+    """Post-processing parameters tuned on the given training tiles, predicted by ``predictor`` without TTA."""
     from cryonuseg_hf.postprocess import tune_params
 
-    probabilities = [predict_probabilities(model, tiles["images"][i], tta=False) for i in indices]
+    probabilities = [predictor.probabilities(tiles["images"][i], tta=False) for i in indices]
     references = [tiles["masks"][config.markup][i] for i in indices]
     best, records = tune_params(probabilities, references, workers=config.workers)
     return best, max(r["objective"] for r in records)
 
 
+def save_tuned(model, config: TrainConfig, tiles: dict[str, Any], indices: list[int], checkpoint: Path):
+    """Save ``model`` as a checkpoint, tune its post-processing on ``indices`` through the saved checkpoint (as a
+    user loads it), store the parameters in it. Returns ``(params, objective, tuning indices)``."""
+    from cryonuseg_hf.model import save_checkpoint
+    from cryonuseg_hf.predict import open_predictor
+
+    model.config.cryonuseg_train_config = asdict(config)
+    save_checkpoint(model, checkpoint)
+    predictor = open_predictor(checkpoint, resolve_device(config.device), "torch", config.threads)
+    tune = tuning_tiles(indices, config.tune_tiles)
+    params, objective = tune_postprocess(predictor, tiles, tune, config)
+    save_checkpoint(model, checkpoint, postprocess=params)
+    return params, objective, tune
+
+
 def fit_fold(config: TrainConfig, tiles: dict[str, Any], fold: int, out_dir: Path) -> dict[str, Any]:
-    """Train fold ``fold``, tune post-processing on its training tiles, write its 3 held-out predictions."""
+    """Train fold ``fold``, tune post-processing on its training tiles, write its 3 held-out predictions.
+
+    The fold's model is saved as a checkpoint (``out_dir/models/fold_K``, fp16 like the shipped one) and the
+    held-out tiles are predicted from that checkpoint by :func:`cryonuseg_hf.predict.predict_instances`, the
+    function users call, with the same padding and TTA: the CV scores the code that users run.
+    """
     from PIL import Image
 
-    from cryonuseg_hf.model import predict_probabilities
-    from cryonuseg_hf.postprocess import probabilities_to_instances
+    from cryonuseg_hf.predict import open_predictor, predict_instances
 
-    model, record = train_model(config, tiles, fold)
+    state = out_dir / "models" / f"fold_{fold}.state.pt"
+    model, record = train_model(config, tiles, fold, state_path=state)
     start = time.perf_counter()
-    tune = tuning_tiles(training_indices(fold), config.tune_tiles)
-    params, objective = tune_postprocess(model, tiles, tune, config)
+    checkpoint = out_dir / "models" / f"fold_{fold}"
+    params, objective, tune = save_tuned(model, config, tiles, training_indices(fold), checkpoint)
+    predictor = open_predictor(checkpoint, resolve_device(config.device), "torch", config.threads)
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     for tile in tiles_of_fold(fold):
         i = TILE_IDS.index(tile)
         assert i not in training_indices(fold)
-        labels = probabilities_to_instances(
-            predict_probabilities(model, tiles["images"][i], tta=config.tta), params
-        )
+        labels = predict_instances(tiles["images"][i], predictor, tta=config.tta)
         if labels.max() > 65535:
             raise ValueError(f"{tile}: {labels.max()} instances do not fit a 16-bit PNG")
         Image.fromarray(labels.astype(np.uint16)).save(out_dir / "predictions" / f"{tile}.png")
@@ -365,21 +466,33 @@ def fit_fold(config: TrainConfig, tiles: dict[str, Any], fold: int, out_dir: Pat
         postprocess=params.to_dict(),
         tuning_objective_train=round(objective, 4),
         tune_predict_seconds=round(time.perf_counter() - start, 1),
+        config=asdict(config),
     )
     (out_dir / "folds").mkdir(exist_ok=True)
     (out_dir / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
+    state.unlink(missing_ok=True)
     return record
 
 
-def train_final(config: TrainConfig, tiles: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
-    """The all-data model, post-processing tuned on its training tiles, saved as an fp16 checkpoint."""
-    from cryonuseg_hf.model import save_checkpoint
+def fold_done(config: TrainConfig, out_dir: Path, fold: int) -> dict[str, Any] | None:
+    """The record of ``fold`` if ``out_dir`` holds it, made with ``config``, with all 3 predictions; else None."""
+    path = out_dir / "folds" / f"fold_{fold}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    predictions = [out_dir / "predictions" / f"{t}.png" for t in tiles_of_fold(fold)]
+    if record.get("config") != json.loads(json.dumps(asdict(config))) or not all(
+        p.is_file() for p in predictions
+    ):
+        return None
+    return record
 
-    model, record = train_model(config, tiles, None)
-    tune = tuning_tiles(training_indices(None), config.tune_tiles)
-    params, objective = tune_postprocess(model, tiles, tune, config)
-    model.config.cryonuseg_train_config = asdict(config)
-    save_checkpoint(model, checkpoint, postprocess=params)
+
+def train_final(config: TrainConfig, tiles: dict[str, Any], checkpoint: Path, state: Path) -> dict[str, Any]:
+    """The all-data model, post-processing tuned on its training tiles, saved as an fp16 checkpoint."""
+    model, record = train_model(config, tiles, None, state_path=state)
+    params, objective, _ = save_tuned(model, config, tiles, training_indices(None), checkpoint)
+    state.unlink(missing_ok=True)
     record.update(
         postprocess=params.to_dict(), tuning_objective_train=round(objective, 4), checkpoint=str(checkpoint)
     )
@@ -574,12 +687,72 @@ def command_line(args) -> str:
     for name in ("pack", "out", "checkpoint", "results"):
         if getattr(args, name) is not None:
             parts += [f"--{name}", str(getattr(args, name))]
-    defaults = TrainConfig()
+    return shlex.join(parts + recipe_options(args))
+
+
+def recipe_options(args) -> list[str]:
+    """The command-line options of every ``TrainConfig`` field in ``args`` that differs from its default."""
+    parts, defaults = [], TrainConfig()
     for name in TrainConfig.__dataclass_fields__:
         value = getattr(args, name, getattr(defaults, name))
         if value != getattr(defaults, name):
-            parts += ["--no-tta"] if name == "tta" else [f"--{name.replace('_', '-')}", str(value)]
-    return shlex.join(parts)
+            if isinstance(value, bool):
+                parts += ["--no-tta"] if name == "tta" else [f"--{name.replace('_', '-')}"]
+            else:
+                parts += [f"--{name.replace('_', '-')}", str(value)]
+    return parts
+
+
+def config_from_args(args) -> TrainConfig:
+    """The ``TrainConfig`` of parsed ``train``/``pretrain`` options (fields the options lack keep defaults)."""
+    return TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)})
+
+
+def run_pretraining(args, command: str | None = None) -> list[str]:
+    """The ``cryonuseg-hf pretrain`` job: one start point from other nuclei data, saved as a checkpoint.
+
+    Resumable: the training state is saved every ``--save-every`` seconds, and the same command started again
+    continues from it; the state file is removed once the checkpoint is written.
+    """
+    import shlex
+
+    import torch
+    import transformers
+
+    from cryonuseg_hf.external import load_pretraining_tiles
+    from cryonuseg_hf.model import save_checkpoint
+
+    config = config_from_args(args)
+    out = Path(args.out)
+    state = Path(args.state) if args.state else out.with_name(out.name + ".state.pt")
+    data = load_pretraining_tiles(args.data, config.boundary_width)
+    indices = list(range(len(data["names"])))
+    model, record = fit_segformer(
+        config, data["images"], data["classes"], indices, stream=100, state_path=state, name="pretrain"
+    )
+    model.config.cryonuseg_train_config = asdict(config)
+    save_checkpoint(model, out)
+    device = resolve_device(config.device)
+    record.update(
+        command=command
+        or shlex.join(
+            ["cryonuseg-hf", "pretrain", *[f"--data={d}" for d in args.data], f"--out={out}"]
+            + ([f"--state={args.state}"] if args.state else [])
+            + recipe_options(args)
+        ),
+        machine=machine(device),
+        config=asdict(config),
+        sources=data["sources"],
+        windows=len(indices),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+    )
+    (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+    state.unlink(missing_ok=True)
+    return [
+        f"pretrained on {len(indices)} windows of {sum(s['images'] for s in data['sources'])} images: "
+        f"{record['steps']} steps in {record['train_seconds']} s, loss {record['loss_first_25']:.3f} -> "
+        f"{record['loss_last_25']:.3f} -> {out}"
+    ]
 
 
 def run_training(args, command: str | None = None) -> list[str]:
@@ -587,9 +760,7 @@ def run_training(args, command: str | None = None) -> list[str]:
     import torch
     import transformers
 
-    config = TrainConfig(
-        **{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
-    )
+    config = config_from_args(args)
     folds = list(range(len(TILE_IDS) // 3)) if args.cv else list(args.fold or [])
     if not (args.pack or folds or args.score_only or args.final):
         raise ValueError("nothing to do: give --fold K, --cv, --final, --score-only or --pack PATH")
@@ -609,6 +780,10 @@ def run_training(args, command: str | None = None) -> list[str]:
     }
     out = Path(args.out)
     for fold in folds:
+        done = fold_done(config, out, fold)
+        if done is not None:  # a restarted command continues where it stopped
+            lines.append(f"fold {fold}: already done in {out} with this recipe; kept")
+            continue
         record = fit_fold(config, tiles, fold, out)
         record.update(run)
         (out / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -625,7 +800,8 @@ def run_training(args, command: str | None = None) -> list[str]:
         from cryonuseg_hf import MODEL_PATH
 
         checkpoint = Path(args.checkpoint) if args.checkpoint else MODEL_PATH
-        record = {**train_final(config, tiles, checkpoint), **run}
+        state = out / "models" / "final.state.pt"
+        record = {**train_final(config, tiles, checkpoint, state), **run}
         out.mkdir(parents=True, exist_ok=True)
         (out / "final.json").write_text(json.dumps(record, indent=2) + "\n")
         lines.append(f"final model: {record['steps']} steps in {record['train_seconds']} s -> {checkpoint}")

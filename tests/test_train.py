@@ -75,7 +75,7 @@ def test_held_out_tiles_never_reach_training(tiles, monkeypatch):
 
 
 def test_save_load_identical_outputs(tmp_path, tiles):
-    from cryonuseg_hf.model import build_model, load_checkpoint, predict_probabilities, save_checkpoint
+    from cryonuseg_hf.model import build_model, load_checkpoint, save_checkpoint
     from cryonuseg_hf.postprocess import PostprocessParams, params_from_config
 
     torch.set_num_threads(2)
@@ -95,7 +95,10 @@ def test_save_load_identical_outputs(tmp_path, tiles):
     assert params_from_config(tmp_path / "fp16") == (params, 1.5)
     size = json.loads((tmp_path / "fp16" / "preprocessor_config.json").read_text())["size"]
     assert size == {"height": 768, "width": 768}
-    probabilities = predict_probabilities(loaded, tiles["images"][0][:80, :72], tta=True)
+    from cryonuseg_hf.predict import open_predictor
+
+    predictor = open_predictor(tmp_path / "fp32", "cpu", "torch", 2)
+    probabilities = predictor.probabilities(tiles["images"][0][:80, :72], tta=True)
     assert probabilities.shape == (3, 80, 72)
     np.testing.assert_allclose(probabilities.sum(0), 1, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -129,8 +132,9 @@ def test_cli_fold_and_score(tmp_path, tiles):
     )
     out = tmp_path / "results" / "cv"
     args = ["train", "--data", str(packed), "--fold", "2", "--out", str(out), "--results", str(RESULTS)]
-    args += ["--variant", "tiny", "--input-scale", "1", "--steps", "3", "--crop", "64", "--batch-size", "2"]
-    assert main([*args, "--tune-tiles", "1", "--no-tta"]) == 0
+    args += ["--variant", "tiny", "--input-scale", "1", "--steps", "40", "--crop", "64", "--batch-size", "2"]
+    args += ["--lr", "0.003", "--warmup", "5"]
+    assert main([*args, "--tune-tiles", "1"]) == 0  # held-out tiles with TTA, as the CV runs
     for tile in folds.tiles_of_fold(2):
         prediction = Image.open(out / "predictions" / f"{tile}.png")
         assert prediction.mode.startswith("I;16") and prediction.size == (512, 512)
@@ -140,6 +144,26 @@ def test_cli_fold_and_score(tmp_path, tiles):
     assert record["held_out"] == folds.tiles_of_fold(2) and "Human_Larynx_01" in record["train_tiles"]
     assert not set(record["tuning_tiles"]) & set(record["held_out"])
     assert "## Per organ" in (out / "metrics.md").read_text()
+    # one inference path: the held-out prediction is what a user gets from the fold's saved checkpoint
+    from cryonuseg_hf.predict import predict_instances
+
+    tile = folds.tiles_of_fold(2)[0]
+    user = predict_instances(
+        tiles["images"][folds.TILE_IDS.index(tile)], out / "models" / "fold_2", backend="torch", tta=True
+    )
+    without_tta = predict_instances(
+        tiles["images"][folds.TILE_IDS.index(tile)], out / "models" / "fold_2", backend="torch"
+    )
+    assert user.max() > 0 and not np.array_equal(user, without_tta)  # the check below can fail
+    assert np.array_equal(np.asarray(Image.open(out / "predictions" / f"{tile}.png")), user)
+    assert (
+        record["postprocess"]
+        == json.loads((out / "models" / "fold_2" / "config.json").read_text())["cryonuseg_postprocess"]
+    )
+    # a restarted command keeps the folds it finished with the same recipe
+    before = (out / "folds" / "fold_2.json").read_text()
+    assert main([*args, "--tune-tiles", "1"]) == 0
+    assert (out / "folds" / "fold_2.json").read_text() == before
     # nothing to do is an error, not a silent success
     assert main(["train", "--data", str(packed), "--out", str(out)]) == 2
 
