@@ -30,6 +30,19 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _read_optional(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def pretraining_record(config: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The ``pretrain.json`` of the start point a recipe was initialised from (``{}`` when from scratch)."""
+    init = config.get("init")
+    if not init:
+        return {}
+    path = Path(init) if Path(init).is_absolute() else root / init
+    return _read_optional(path / "pretrain.json")
+
+
 def eval_results(metrics: dict[str, Any]) -> list:
     """``EvalResult`` rows: AJI, PQ and Dice against Annotator 1 round 2, for the mean and for every fold."""
     from huggingface_hub import EvalResult
@@ -103,24 +116,72 @@ def _short(command: str) -> str:
     return command.split(" --scale-note")[0]
 
 
-def card_body(metrics: dict[str, Any], final: dict[str, Any]) -> str:
-    """The Markdown body: results beside human agreement, how they were made, usage, limitations."""
+PEER_SETTINGS = {"native": "InstanSeg, native 40x", "fixed_0.75": "InstanSeg, tile resized to 0.75"}
+"""Settings of ``results/peers.json`` (``benchmarks/bench_peers.py``) shown beside the model."""
+
+
+def _peer_rows(peers: dict[str, Any], markups: list[str]) -> list[list[str]]:
+    f = "{:.3f}".format
+    rows = []
+    for setting, label in PEER_SETTINGS.items():
+        for markup in markups:
+            s = peers.get("scores", {}).get(setting, {}).get(markup)
+            if s:
+                rows.append([f"{label}, zero-shot, vs {markup}", f(s["aji"]), f(s["pq"]), f(s["dice"])])
+    return rows
+
+
+def _training_data(pretrain: dict[str, Any], n_cv_tiles: int) -> str:
+    rows = []
+    if pretrain:
+        sources = ", ".join(
+            f"{Path(s['folder']).name} ({s['images']} images, {s['nuclei']:,} nuclei, {s['windows']} windows of 512 px)"
+            for s in pretrain["sources"]
+        )
+        rows.append(["start point (pretraining)", sources, "see below"])
+    rows.append(
+        [
+            "fold k model (CV)",
+            "the start point + the 27 CryoNuSeg tiles of the other nine organs",
+            "CC BY-NC-SA 4.0",
+        ]
+    )
+    rows.append(["shipped model", "the start point + all 30 CryoNuSeg tiles", "CC BY-NC-SA 4.0"])
+    return _table(["checkpoint", "data it saw", "license of that data"], rows)  # fmt: skip
+
+
+def card_body(
+    metrics: dict[str, Any],
+    final: dict[str, Any],
+    pretrain: dict[str, Any] | None = None,
+    peers: dict[str, Any] | None = None,
+) -> str:
+    """The Markdown body: results beside InstanSeg and the human agreement, how they were made, usage, limits."""
+    pretrain, peers = pretrain or {}, peers or {}
     config = metrics["config"]
     markup = config["markup"]
     scores, human = metrics["scores"], metrics["human_agreement"]
     f = "{:.3f}".format
-    overall = [[f"SegFormer vs {m}", f(s["aji"]), f(s["pq"]), f(s["dice"])] for m, s in scores.items()]
+    overall = [
+        [f"SegFormer (this model's recipe, CV) vs {m}", f(s["aji"]), f(s["pq"]), f(s["dice"])]
+        for m, s in scores.items()
+    ]
+    overall += _peer_rows(peers, list(scores))
     overall += [
         [f"human, {name.replace('_', '-')} ({c['prediction']} vs {c['reference']})", f(c["mean"]["aji"]), f(c["mean"]["pq"]), f(c["mean"]["dice"])]
         for name, c in human.items()
     ]  # fmt: skip
+    peer = peers.get("scores", {}).get("fixed_0.75", {}).get(markup, {}).get("per_organ", {})
     per_fold = []
     for fold, row in sorted(scores[markup].get("per_fold", {}).items(), key=lambda item: int(item[0])):
         organ = ORGANS[int(fold)]
         record = metrics["folds"].get(str(fold)) or metrics["folds"].get(fold) or {}
+        theirs = peer.get(organ, {})
         per_fold.append(
             [str(fold), organ, f(row["aji"]), f(row["pq"]), f(row["dice"]),
-             f(human["intra_observer"]["per_organ"][organ]["aji"]), f(human["inter_observer"]["per_organ"][organ]["aji"]),
+             f(theirs["aji"]) if theirs else "", f(theirs["pq"]) if theirs else "",
+             f(human["inter_observer"]["per_organ"][organ]["aji"]), f(human["inter_observer"]["per_organ"][organ]["pq"]),
+             f(human["intra_observer"]["per_organ"][organ]["aji"]),
              str(record.get("steps", "")), str(record.get("train_seconds", ""))]
         )  # fmt: skip
     scale_note = metrics.get("scale_note") or "the full recipe"
@@ -134,33 +195,67 @@ def card_body(metrics: dict[str, Any], final: dict[str, Any]) -> str:
         else f"{metrics['n_tiles']} of 30 tiles ({missing} without a held-out prediction)"
     )
     final_config = final.get("config", config)
+    fold_seconds = sum(float(r.get("train_seconds", 0)) for r in metrics["folds"].values() if r)
+    if pretrain:
+        origin = (
+            f"Pretrained here, on the CPU, on other public 40x H&E nuclei data ({pretrain['windows']} windows of "
+            f"512 px; none of it from CryoNuSeg), then fine-tuned on CryoNuSeg (10 organs x 3 tiles), ground "
+            f"truth {markup}. No ImageNet or other outside weights: none could be downloaded where it was made."
+        )
+        pretrain_line = (
+            f"Start point: {pretrain['steps']} steps of {pretrain['config']['batch_size']} crops of "
+            f"{pretrain['config']['crop']} px in {pretrain['train_seconds'] / 60:.0f} min, made by "
+            f"`{pretrain['command']}`."
+        )
+    else:
+        origin = f"Trained from random weights on CryoNuSeg (10 organs x 3 tiles), ground truth {markup}."
+        pretrain_line = "No start point: random initial weights."
+    peer_note = ""
+    if peers:
+        peer_note = (
+            "InstanSeg rows: its `brightfield_nuclei` model (v0.1.1, Apache-2.0), the nuclei model a QuPath user "
+            "picks today, run zero-shot by `benchmarks/bench_peers.py` on the same 30 tiles and scored by the "
+            "same metric (it never saw CryoNuSeg; the 0.75 resize is its best of three scales, so slightly "
+            "optimistic). "
+        )
     return f"""
 # SegFormer-{config["variant"]} for nuclei in frozen-section H&E (CryoNuSeg)
 
 A stock `transformers` `SegformerForSemanticSegmentation` that labels every pixel of a 40x H&E tile as
 `background`, `nucleus_interior` or `nucleus_boundary`; the `cryonuseg_hf` package turns those class
-probabilities into one label per nucleus. Trained from scratch (no pretrained encoder) on the 30 tiles of
-CryoNuSeg (10 organs x 3), ground truth Annotator 1 round 2.
+probabilities into one label per nucleus. {origin}
 
 **How this checkpoint was trained: {scale_note}.** Machine: {final.get("machine", metrics["machine"])}.
-Final model: {final.get("steps", "?")} steps of {final_config["batch_size"]} crops of {final_config["crop"]} px,
-input scale {final_config["input_scale"]}, {final.get("train_seconds", "?")} s of training, made by
+{pretrain_line}
+Shipped model: {"fine-tuned from it" if pretrain else "trained"} for {final.get("steps", "?")} steps of {final_config["batch_size"]} crops of
+{final_config["crop"]} px, input scale {final_config["input_scale"]}, {final.get("train_seconds", "?")} s, made by
 `{_short(final.get("command", "?"))}`; post-processing tuned on {final_config["tune_tiles"] or "all"} of its
-training tiles.
+training tiles. The ten CV models took {fold_seconds / 60:.0f} min of fine-tuning together.
+
+## What each checkpoint saw
+
+{_training_data(pretrain, metrics["n_tiles"])}
+
+Pretraining data: MoNuSeg 2018 training set (Kumar et al., IEEE TMI 2017 and 2020; TCGA, 7 organs, FFPE;
+CC BY-NC-SA 4.0) and the human spleen tiles of NuInsSeg (Mahbod et al., Scientific Data 11:295, 2024; FFPE;
+CC BY 4.0; its ambiguous areas are left out of the loss). None of their organs is a CryoNuSeg organ and none of
+their images is a CryoNuSeg tile, so one start point serves all ten folds without breaking the fold protocol.
 
 ## Results: leave-one-organ-out cross-validation
 
 Ten folds, one per organ: the model of fold k never saw a tile of organ k, so every number below is on an
 unseen organ. Mean over {coverage}; each tile's prediction is in `results/cv/predictions/<tile_id>.png`
-(16-bit instance labels) in the source repository, with per-tile, per-organ and per-fold tables. The human rows
-compare the annotators' own mark-ups over all 30 tiles: the best a model can be expected to agree with one
-annotator is about as well as the annotators agree with each other.
+(16-bit instance labels) in the source repository, made from the fold's saved checkpoint by
+`predict_instances` (the function users call, same padding and test-time augmentation), with per-tile,
+per-organ and per-fold tables. {peer_note}The human rows compare the annotators' own mark-ups over all 30
+tiles: the best a model can be expected to agree with one annotator is about as well as the annotators agree
+with each other.
 
 {_table(["predictions vs reference", "AJI", "PQ", "Dice"], overall)}
 
-Per fold, against {markup}, with the human agreement on the same organ:
+Per fold, against {markup}, with InstanSeg (resized to 0.75) and the human agreement on the same organ:
 
-{_table(["fold", "organ held out", "AJI", "PQ", "Dice", "AJI intra-observer", "AJI inter-observer", "steps", "train s"], per_fold)}
+{_table(["fold", "organ held out", "AJI", "PQ", "Dice", "InstanSeg AJI", "InstanSeg PQ", "inter-observer AJI", "inter-observer PQ", "intra-observer AJI", "steps", "train s"], per_fold)}
 
 Trained by {commands} (K = the folds) on {metrics["machine"]}; scored by `{_short(metrics["command"])}`. Post-processing
 thresholds were tuned on the training tiles of each fold only. Metrics: `cryonuseg_hf.metrics` (HoVer-Net definitions; AJI pairs each reference
@@ -201,33 +296,37 @@ mask per class, not per nucleus: instances need the post-processing above
 (`cryonuseg_hf.predict.instances_from_pipeline` turns the pipeline's output into labels). The command line:
 `cryonuseg-hf predict images/ -o out/` writes label TIFFs, GeoJSON, ImageJ ROIs and CSV.
 
-The config carries `cryonuseg_input_scale` ({config["input_scale"]}: the factor by which a tile is upsampled
-before the encoder, since SegFormer predicts at a quarter of its input size) and `cryonuseg_postprocess` (tuned
-thresholds).
+The config carries `cryonuseg_input_scale` ({config["input_scale"]}: the factor by which a tile is resized
+before the encoder) and `cryonuseg_postprocess` (tuned thresholds).
 
 ## Limitations
 
 - Frozen sections only: CryoNuSeg tiles are cryosectioned H&E, with freezing artefacts, folds and weaker
-  chromatin detail than formalin-fixed, paraffin-embedded (FFPE) tissue. Expect worse results on FFPE.
+  chromatin detail than formalin-fixed, paraffin-embedded (FFPE) tissue. The start point saw FFPE tissue, the
+  fine-tuning only frozen sections.
 - 40x only (TCGA 40x scans, about 0.25 um/px): nuclei at other magnifications must be resized to 40x first.
 - 30 tiles of 512x512 from 10 organs, 3 tiles each: the folds measure generalisation to an unseen organ from
   27 tiles, a small and noisy estimate (per-fold values rest on 3 tiles). Human agreement on these tiles is low
   (AJI 0.53 inter-observer), which caps any measured score.
-- Trained from scratch: no pretrained encoder was available offline; fine-tune from pretrained weights with
-  `cryonuseg-hf train --init <hub id or folder>`.
-- The weights derive from CryoNuSeg and inherit its license, CC BY-NC-SA 4.0: non-commercial use, attribution,
-  share-alike. Cite Mahbod et al., "CryoNuSeg", Computers in Biology and Medicine 132:104349 (2021).
+- SegFormer predicts at a quarter of its input resolution, so the boundary class is drawn
+  {config["boundary_width"]} px wide (`results/experiments/resolution_ceiling.md`: a perfect model of that
+  resolution would score about AJI 0.81 / PQ 0.81 with 2 px, 0.59 / 0.67 with 1 px).
+- License: the weights derive from CryoNuSeg and MoNuSeg (CC BY-NC-SA 4.0) and NuInsSeg (CC BY 4.0) and are
+  released under CC BY-NC-SA 4.0: non-commercial use, attribution, share-alike. Cite Mahbod et al.,
+  "CryoNuSeg", Computers in Biology and Medicine 132:104349 (2021), and the two pretraining datasets above.
 
 ## Training recipe
 
-`{json.dumps(config, sort_keys=True)}`
+Fine-tuning (CV and shipped model): `{json.dumps(config, sort_keys=True)}`
 
-Reproduce the whole cross-validation and the final model on one GPU (data resident on the GPU, bf16 autocast):
+{f"Pretraining: `{json.dumps(pretrain['config'], sort_keys=True)}`" if pretrain else ""}
+
+Reproduce on a CPU (every run resumes where it stopped when restarted):
 
 ```bash
-cryonuseg-hf train --pack .gpu/cryonuseg_tiles.npz
-cryonuseg-hf train --data .gpu/cryonuseg_tiles.npz --cv --final --device cuda --variant b0 \\
-    --input-scale 2 --batch-size 16 --crop 256 --steps 2000 --max-seconds 45 --workers 8
+{pretrain.get("command", "# (no pretraining)")}
+{_short(fold_commands[0]) if fold_commands else "cryonuseg-hf train --cv"}
+{_short(final.get("command", "cryonuseg-hf train --final"))}
 cryonuseg-hf model-card
 ```
 """
@@ -245,8 +344,10 @@ def write_model_card(
     metrics = _read(results / "cv" / "metrics.json")
     final_path = results / "cv" / "final.json"
     final = json.loads(final_path.read_text()) if final_path.is_file() else {}
+    pretrain = pretraining_record(final.get("config", metrics["config"]), results.resolve().parent)
+    peers = _read_optional(results / "peers.json")
     data = card_data(metrics, final, repo_id)
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{card_body(metrics, final)}")
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{card_body(metrics, final, pretrain, peers)}")
     out = Path(out)
     out.write_text(str(card))
     return out

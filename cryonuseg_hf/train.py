@@ -277,6 +277,14 @@ def train_model(
     return model, record
 
 
+RUN_OPTIONS = ("threads", "log_every", "save_every", "workers")
+"""``TrainConfig`` fields that change how a run goes, not what it makes: a resumed run may change them."""
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RUN_OPTIONS}
+
+
 def fit_segformer(
     config: TrainConfig,
     images: np.ndarray,
@@ -327,7 +335,7 @@ def fit_segformer(
     state_path = Path(state_path) if state_path is not None else None
     if state_path is not None and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["config"] != asdict(config) or state["stream"] != stream:
+        if _recipe(state["config"]) != _recipe(asdict(config)) or state["stream"] != stream:
             raise ValueError(f"{state_path}: training state of another recipe; remove it to start afresh")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -481,9 +489,8 @@ def fold_done(config: TrainConfig, out_dir: Path, fold: int) -> dict[str, Any] |
         return None
     record = json.loads(path.read_text())
     predictions = [out_dir / "predictions" / f"{t}.png" for t in tiles_of_fold(fold)]
-    if record.get("config") != json.loads(json.dumps(asdict(config))) or not all(
-        p.is_file() for p in predictions
-    ):
+    same = _recipe(record.get("config", {})) == _recipe(json.loads(json.dumps(asdict(config))))
+    if not same or not all(p.is_file() for p in predictions):
         return None
     return record
 

@@ -185,3 +185,18 @@ def folds_markups() -> tuple[str, ...]:
     from cryonuseg_hf.release import MARKUPS
 
     return MARKUPS
+
+
+def test_first_stride_is_a_stock_config_field(tmp_path):
+    from transformers import SegformerForSemanticSegmentation
+
+    from cryonuseg_hf.model import build_model, save_checkpoint
+
+    model = build_model("tiny", input_scale=1.0, first_stride=2).eval()
+    with torch.inference_mode():
+        assert model(pixel_values=torch.rand(1, 3, 64, 64)).logits.shape[-2:] == (32, 32)
+    save_checkpoint(model, tmp_path / "m")
+    loaded = SegformerForSemanticSegmentation.from_pretrained(tmp_path / "m")
+    assert loaded.config.strides == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="first_stride"):
+        build_model("tiny", first_stride=3)

@@ -1,0 +1,94 @@
+"""One table of every training experiment under ``results/experiments/``: recipe, CPU time, accuracy per fold.
+
+Run: ``.venv/bin/python benchmarks/experiments_summary.py``. Reads each ``results/experiments/*/metrics.json``
+(written by ``cryonuseg-hf train --fold K ... --out results/experiments/<name>``) and the start point's
+``pretrain.json`` it names, and writes ``results/experiments/README.md``. The experiments share a fixed subset
+of folds where they can (folds 1 Larynx and 4 Pancreas), so their rows compare; the InstanSeg columns come from
+``results/peers.json`` (``benchmarks/bench_peers.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDS = (1, 4)
+PEER = "fixed_0.75"
+
+
+def pretrain_minutes(init: str | None) -> str:
+    if not init:
+        return "none"
+    record = Path(init) if Path(init).is_absolute() else REPO / init
+    record = record / "pretrain.json"
+    if not record.is_file():
+        return f"`{init}`"
+    pretrain = json.loads(record.read_text())
+    return f"{pretrain['train_seconds'] / 60:.0f} min ({pretrain['steps']} steps, `{init}`)"
+
+
+def row(name: str, metrics: dict) -> list[str]:
+    config, reference = metrics["config"], metrics["config"]["markup"]
+    per_fold = metrics["scores"][reference].get("per_fold", {})
+    cells = [
+        f"`{name}`",
+        pretrain_minutes(config.get("init")),
+        f"{config['variant']}, scale {config['input_scale']}, stride {config.get('first_stride', 4)}, "
+        f"width {config['boundary_width']}",
+        f"{config['steps']} x {config['batch_size']}x{config['crop']}², lr {config['lr']}",
+    ]
+    seconds = [float(r.get("train_seconds", 0)) for r in metrics["folds"].values() if r]
+    cells.append(f"{sum(seconds) / max(len(seconds), 1):.0f}")
+    for fold in FOLDS:
+        s = per_fold.get(str(fold)) or per_fold.get(fold)
+        cells.append(f"{s['aji']:.3f} / {s['pq']:.3f}" if s else "")
+    both = [per_fold.get(str(k)) or per_fold.get(k) for k in FOLDS]
+    if all(both):
+        cells.append(f"{sum(s['aji'] for s in both) / 2:.3f} / {sum(s['pq'] for s in both) / 2:.3f}")
+    else:
+        cells.append("")
+    return cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiments", type=Path, default=REPO / "results" / "experiments")
+    args = parser.parse_args()
+
+    runs = sorted(p.parent for p in args.experiments.glob("*/metrics.json"))
+    rows = [row(run.name, json.loads((run / "metrics.json").read_text())) for run in runs]
+    peers_path = REPO / "results" / "peers.json"
+    if peers_path.is_file():
+        peer = json.loads(peers_path.read_text())["scores"][PEER]["annotator1_round2"]["per_organ"]
+        organs = ["Larynx", "Pancreas"]
+        cells = [f"{peer[o]['aji']:.3f} / {peer[o]['pq']:.3f}" for o in organs]
+        mean = f"{sum(peer[o]['aji'] for o in organs) / 2:.3f} / {sum(peer[o]['pq'] for o in organs) / 2:.3f}"
+        rows.append(["InstanSeg zero-shot, resized 0.75 (peer)", "", "", "", "", *cells, mean])
+    header = [
+        "experiment", "pretraining", "model", "fine-tuning", "train s per fold",
+        "fold 1 Larynx AJI / PQ", "fold 4 Pancreas AJI / PQ", "mean of the two",
+    ]  # fmt: skip
+    lines = [
+        "# Training experiments on the CPU",
+        "",
+        "Produced by `python benchmarks/experiments_summary.py` from the `metrics.json` of each folder here; each "
+        "folder's `metrics.md` names the command that made it, the machine and the load it ran under. Scores: "
+        "AJI / PQ against annotator1_round2, mean over the fold's 3 held-out tiles (TTA on, post-processing tuned "
+        "on training tiles). Only 3 tiles per fold: differences of a few hundredths are within noise.",
+        "",
+        "Related measurements: CPU seconds per step of each option (`../train_step_cpu.md`: bf16 autocast 1.6x "
+        "faster, first stride 2 3.5x slower) and the ceiling each output resolution allows "
+        "(`resolution_ceiling.md`).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(r) + " |" for r in rows],
+        "",
+    ]
+    (args.experiments / "README.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
