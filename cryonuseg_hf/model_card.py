@@ -150,14 +150,38 @@ def _training_data(pretrain: dict[str, Any], n_cv_tiles: int) -> str:
     return _table(["checkpoint", "data it saw", "license of that data"], rows)  # fmt: skip
 
 
+def _resolution_note(config: dict[str, Any], ceiling: dict[str, Any]) -> str:
+    """The limitation the output resolution sets, with the ceiling of ``benchmarks/bench_resolution_ceiling.py``."""
+    scale, width = config["input_scale"], config["boundary_width"]
+    note = (
+        f"- SegFormer predicts at a quarter of its input; this model's input is the tile resized by {scale}, so "
+        f"its logits are at {scale / 4:g} of the tile's resolution, and the boundary class is drawn {width} px wide."
+    )
+    best = {}
+    for stride in (4, 2):
+        rows = [
+            r for r in ceiling.get("rows", []) if (r["output_stride"], r["boundary_width"]) == (stride, width)
+        ]
+        if rows:
+            best[stride] = max(rows, key=lambda r: r["pq"])
+    if len(best) == 2:
+        note += (
+            f" A perfect model at a quarter of the tile's resolution could score at most AJI {best[4]['aji']:.2f} / "
+            f"PQ {best[4]['pq']:.2f} with this ring, at half resolution {best[2]['aji']:.2f} / {best[2]['pq']:.2f} "
+            "(`results/experiments/resolution_ceiling.md`)."
+        )
+    return note
+
+
 def card_body(
     metrics: dict[str, Any],
     final: dict[str, Any],
     pretrain: dict[str, Any] | None = None,
     peers: dict[str, Any] | None = None,
+    ceiling: dict[str, Any] | None = None,
 ) -> str:
     """The Markdown body: results beside InstanSeg and the human agreement, how they were made, usage, limits."""
-    pretrain, peers = pretrain or {}, peers or {}
+    pretrain, peers, ceiling = pretrain or {}, peers or {}, ceiling or {}
     config = metrics["config"]
     markup = config["markup"]
     scores, human = metrics["scores"], metrics["human_agreement"]
@@ -308,9 +332,7 @@ before the encoder) and `cryonuseg_postprocess` (tuned thresholds).
 - 30 tiles of 512x512 from 10 organs, 3 tiles each: the folds measure generalisation to an unseen organ from
   27 tiles, a small and noisy estimate (per-fold values rest on 3 tiles). Human agreement on these tiles is low
   (AJI 0.53 inter-observer), which caps any measured score.
-- SegFormer predicts at a quarter of its input resolution, so the boundary class is drawn
-  {config["boundary_width"]} px wide (`results/experiments/resolution_ceiling.md`: a perfect model of that
-  resolution would score about AJI 0.81 / PQ 0.81 with 2 px, 0.59 / 0.67 with 1 px).
+{_resolution_note(config, ceiling)}
 - License: the weights derive from CryoNuSeg and MoNuSeg (CC BY-NC-SA 4.0) and NuInsSeg (CC BY 4.0) and are
   released under CC BY-NC-SA 4.0: non-commercial use, attribution, share-alike. Cite Mahbod et al.,
   "CryoNuSeg", Computers in Biology and Medicine 132:104349 (2021), and the two pretraining datasets above.
@@ -346,8 +368,9 @@ def write_model_card(
     final = json.loads(final_path.read_text()) if final_path.is_file() else {}
     pretrain = pretraining_record(final.get("config", metrics["config"]), results.resolve().parent)
     peers = _read_optional(results / "peers.json")
+    ceiling = _read_optional(results / "experiments" / "resolution_ceiling.json")
     data = card_data(metrics, final, repo_id)
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{card_body(metrics, final, pretrain, peers)}")
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{card_body(metrics, final, pretrain, peers, ceiling)}")
     out = Path(out)
     out.write_text(str(card))
     return out

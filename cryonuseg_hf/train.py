@@ -5,17 +5,25 @@ random crops there, augments them there (dihedral flips, stain jitter in optical
 defocus blur, noise, input-scale jitter) and runs under bf16 autocast on a GPU: there is no data loader to wait
 for. The same code runs on a CPU, only slower.
 
-The GPU recipe (whole 10-fold CV plus the final model in one call of under 10 minutes on one H100/H200;
-11 models x 45 s of training, plus a few seconds each for TTA prediction and the post-processing search)::
+The shipped recipe, run on a 2-core CPU (bf16 autocast pays 1.6x there; ``results/train_step_cpu.md``): one
+start point pretrained on other 40x nuclei data (:mod:`cryonuseg_hf.external`; about an hour), then every fold
+and the final model fine-tuned from it (about 2 minutes each)::
 
-    cryonuseg-hf train --pack .gpu/cryonuseg_tiles.npz   # once, where the release is: tiles + 3 mark-ups, 23 MB
-    cryonuseg-hf train --data .gpu/cryonuseg_tiles.npz --cv --final --device cuda --variant b0 \
-        --input-scale 2 --batch-size 16 --crop 256 --steps 2000 --max-seconds 45 --workers 8 \
-        --out results/cv --checkpoint cryonuseg_hf/checkpoint
+    cryonuseg-hf pretrain --data ../shared/datasets/external/monuseg_train \
+        --data ../shared/datasets/external/nuinsseg_human_spleen --out results/pretrained --input-scale 1 \
+        --boundary-width 2 --bf16 --batch-size 8 --crop 128 --steps 14000 --warmup 200
+    cryonuseg-hf train --cv --final --init results/pretrained --input-scale 1.5 --boundary-width 2 --bf16 \
+        --batch-size 8 --crop 128 --warmup 30 --steps 300 --lr 0.0003
     cryonuseg-hf model-card
 
-``.gpu/`` is git-ignored; carry the ``.npz`` to the GPU machine. ``--max-seconds`` times steps 10-30 and cuts the
-cosine schedule to fit, so every model gets the same wall-clock budget; the steps actually run are recorded.
+Every run is resumable: the training state is saved every ``--save-every`` seconds and a restarted command
+continues from it; ``--cv`` keeps the folds it finished with the same recipe. Each fold's model is saved in
+``results/cv/models/fold_K`` (git-ignored), and its held-out tiles are predicted from that checkpoint by
+:func:`cryonuseg_hf.predict.predict_instances`, the function users call.
+
+On a GPU the same commands take ``--device cuda``; ``train --pack .gpu/cryonuseg_tiles.npz`` packs the tiles
+into one file to carry there (``.gpu/`` is git-ignored). ``--max-seconds`` times steps 10-30 and cuts the cosine
+schedule to fit a wall-clock budget per model; the steps actually run are recorded.
 
 A held-out tile can never reach training: :func:`training_indices` raises if one would, and every fold calls it.
 """
