@@ -162,37 +162,42 @@ def bench_agreement(model: Path, threads: int) -> dict:
     """PQ between tiled and untiled prediction of a 2x2 mosaic of real tiles, and how stable the model is.
 
     ``tiled_vs_untiled`` is the issue's criterion. The other numbers say how much of any disagreement is the
-    model's: the same tile predicted alone and inside the mosaic, the tile shifted by 1 and by 32 pixels, and the
-    tiling rule with a strictly local stand-in for the model (which must give 1.0).
+    model's: the same tile predicted alone and inside the mosaic, the tile shifted by 1 and by 32 pixels and by one
+    step of the model's sampling grid (``predict.grid_step``: 32 px at input scale 1, 64 at 1.5), and the tiling rule with a strictly local stand-in for the model (which must give 1.0).
     """
     from cryonuseg_hf.metrics import score_tile
-    from cryonuseg_hf.predict import load_predictor, predict_instances
+    from cryonuseg_hf.predict import TILE_SIZE, grid_step, load_predictor, predict_instances
     from cryonuseg_hf.tiling import predict_tiled
 
     predictor = load_predictor(model, device="cpu", backend="torch", threads=threads)
+    step = grid_step(predictor.input_scale)
     tiles = real_tiles()
     side = int(512 / max(predictor.input_scale, 1.0))  # untiled pass of the mosaic at <= 1024 px model input
     tiles = [t[:side, :side] for t in tiles]
     mosaic = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
-    window = 512 if side == 512 else 384  # 3x3 windows on the 1024 mosaic, 2x2 on the 512 one
+    window = TILE_SIZE  # predict's default: 3x3 windows on a 1024 mosaic, 2x2 on a smaller one
     whole = predict_instances(mosaic, predictor, tile_size=2 * side)
     stats: dict = {}
     tiled = predict_instances(mosaic, predictor, tile_size=window, margin=64)
     alone = predict_instances(tiles[0], predictor)
     shifted_1 = predict_instances(tiles[0][1:, 1:], predictor)
     shifted_32 = predict_instances(tiles[0][32:, 32:], predictor)
+    shifted_grid = predict_instances(tiles[0][step:, step:], predictor)
     local_whole = predict_tiled(mosaic, dark_blobs, tile_size=4 * side)
     local_tiled = predict_tiled(
         mosaic, dark_blobs, tile_size=min(512, side), margin=64, align=32, stats=stats
     )
     return {
         "mosaic": f"2x2 of {', '.join(TILES)} cropped to {side}x{side}",
-        "tiling": f"windows of {window} px, margin 64 px, starts on the model's 32 px grid",
+        "tiling": f"windows of {window} px, margin 64 px, starts on the model's grid (every {step} px)",
         "tiled_vs_untiled_pq": round(score_tile(whole, tiled)["pq"], 4),
         "nuclei_untiled_tiled": [int(whole.max()), int(tiled.max())],
         "tile_alone_vs_inside_untiled_mosaic_pq": round(score_tile(whole[:side, :side], alone)["pq"], 4),
         "tile_vs_tile_shifted_1px_pq": round(score_tile(alone[1:, 1:], shifted_1)["pq"], 4),
         "tile_vs_tile_shifted_32px_pq": round(score_tile(alone[32:, 32:], shifted_32)["pq"], 4),
+        f"tile_vs_tile_shifted_{step}px_grid_step_pq": round(
+            score_tile(alone[step:, step:], shifted_grid)["pq"], 4
+        ),
         "local_stand_in_tiled_vs_untiled_pq": round(score_tile(local_whole, local_tiled)["pq"], 4),
         "local_stand_in_tiling_stats": stats,
     }

@@ -40,6 +40,7 @@ TILE_SIZE = 512
 MARGIN = 64
 """Default context on each side of a tile's core, in image pixels: larger than any 40x nucleus."""
 _PAD_MULTIPLE = 32  # SegFormer downsamples by 32 in its last stage
+_MAX_GRID_STEP = 128  # tiles of 512 px with 64 px margins keep a core of 257 px or more
 BACKENDS = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -470,10 +471,27 @@ def predict_instances(
         return probabilities_to_instances(predictor.probabilities(tile, tta=tta), params)
 
     # windows start on the model's sampling grid (stride 32 at its input), as the whole image would
-    align = max(1, round(_PAD_MULTIPLE / predictor.input_scale))
+    align = grid_step(predictor.input_scale)
     return predict_tiled(
         rgb, predict_tile, tile_size=tile_size, margin=margin, align=align, progress=progress
     )
+
+
+def grid_step(input_scale: float) -> int:
+    """The smallest shift in image pixels that moves the model's input by a whole multiple of its 32 px grid.
+
+    A window that starts at a multiple of it is resized and sampled exactly as the same pixels inside the whole
+    image are (bilinear resizing included), so tiled and untiled predictions differ only by what the model sees
+    around them. Scales without such a step of at most 128 px get the nearest one (a sub-pixel offset).
+
+    >>> grid_step(1.0), grid_step(2.0), grid_step(1.5), grid_step(1.25)
+    (32, 16, 64, 128)
+    """
+    for step in range(1, _MAX_GRID_STEP + 1):
+        at_input = step * input_scale / _PAD_MULTIPLE
+        if abs(at_input - round(at_input)) < 1e-9:
+            return step
+    return max(1, round(_PAD_MULTIPLE / input_scale))  # no exact step small enough: the nearest grid
 
 
 def instances_from_pipeline(segments: Sequence[dict], config: Any, params: Any = None) -> np.ndarray:
