@@ -8,7 +8,8 @@ The package is flat and its modules follow the data flow:
 - ``builder`` and ``card``: the ``datasets`` builder, Parquet and the dataset card;
 - ``metrics``: Dice, AJI, AJI+, PQ on label images (``METRIC_PATH`` is the ``evaluate`` module);
 - ``agreement``: the human agreement between the three mark-ups;
-- ``targets``, ``model``, ``train``: SegFormer training with the fold protocol;
+- ``targets``, ``model``, ``external``, ``train``: SegFormer pretraining on other nuclei data, then training with
+  the fold protocol;
 - ``postprocess``: class probabilities -> nuclei instances;
 - ``predict`` and ``export``: instances from any H&E image, written as TIFF, GeoJSON, ImageJ ROIs and CSV.
 
