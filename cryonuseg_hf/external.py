@@ -54,9 +54,11 @@ def _read(path: Path, kind: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if kind == "image":
-                if image.mode not in ("RGB", "RGBA", "L"):
-                    raise ValueError(f"{path}: image mode {image.mode} is not RGB")
-                return np.asarray(image.convert("RGB"))
+                if image.mode != "RGB":
+                    raise ValueError(
+                        f"{path}: image mode {image.mode} is not RGB; save the image as 8-bit RGB"
+                    )
+                return np.asarray(image)
             array = np.asarray(image)
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{path}: cannot read this {kind} file ({error})") from error

@@ -131,7 +131,7 @@ def _peer_rows(peers: dict[str, Any], markups: list[str]) -> list[list[str]]:
     return rows
 
 
-def _training_data(pretrain: dict[str, Any], n_cv_tiles: int) -> str:
+def _training_data(pretrain: dict[str, Any]) -> str:
     rows = []
     if pretrain:
         sources = ", ".join(
@@ -258,7 +258,7 @@ training tiles. The ten CV models took {fold_seconds / 60:.0f} min of fine-tunin
 
 ## What each checkpoint saw
 
-{_training_data(pretrain, metrics["n_tiles"])}
+{_training_data(pretrain)}
 
 Pretraining data: MoNuSeg 2018 training set (Kumar et al., IEEE TMI 2017 and 2020; TCGA, 7 organs, FFPE;
 CC BY-NC-SA 4.0) and the human spleen tiles of NuInsSeg (Mahbod et al., Scientific Data 11:295, 2024; FFPE;

@@ -349,8 +349,7 @@ def fit_segformer(
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
         generator.set_state(state["generator"].cpu())
-        if "torch_rng" in state:  # stochastic depth draws from the global generator
-            torch.set_rng_state(state["torch_rng"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())  # stochastic depth draws from the global generator
         total, step, elapsed = state["total"], state["step"], state["elapsed"]
         losses = [torch.tensor(v) for v in state["losses"]]
         logger.info("%s: resumed from %s at step %d/%d", name, state_path, step, total)
@@ -386,13 +385,11 @@ def fit_segformer(
         optimizer.step()
         losses.append(loss.detach())  # no float() here: that would wait for the GPU every step
         step += 1
-        if config.max_seconds and step - resumed_at in (
-            10,
-            30,
-        ):  # cut the schedule to the budget after warm-up
+        timed = step - resumed_at  # steps run by this process: the budget is timed on steps 10-30 of it
+        if config.max_seconds and timed in (10, 30):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            if step - resumed_at == 10:
+            if timed == 10:
                 warm = time.perf_counter()
             else:
                 left = config.max_seconds - (elapsed + time.perf_counter() - start)

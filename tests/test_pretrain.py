@@ -120,15 +120,14 @@ def test_pretrain_command_then_fine_tune_from_it(small_external, tmp_path):
     assert record["steps"] == 4 and record["windows"] == 10 and record["config"]["bf16"] is True
     assert record["command"].startswith("cryonuseg-hf pretrain --data=") and "--bf16" in record["command"]
     assert not out.with_name("pretrained.state.pt").exists()
-    # the start point carries the three classes, so fine-tuning keeps its decode head too
-    started = build_model(init=out, input_scale=1.0)
-    trained = build_model(init=None, variant="tiny", input_scale=1.0)
-    saved = dict(started.named_parameters())
-    assert started.config.num_labels == 3
-    assert not torch.equal(
-        saved["decode_head.classifier.weight"],
-        dict(trained.named_parameters())["decode_head.classifier.weight"],
-    )
+    # fine-tuning starts from every weight of the start point, its decode head included (same three classes)
+    from cryonuseg_hf.model import load_checkpoint
+
+    saved, _ = load_checkpoint(out)
+    started = build_model(init=out, input_scale=1.5)
+    assert started.config.cryonuseg_input_scale == 1.5 and started.config.num_labels == 3
+    for (name, a), b in zip(saved.state_dict().items(), started.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_interrupted_training_resumes_to_the_same_model(small_external, tmp_path, monkeypatch):
