@@ -1,16 +1,21 @@
-"""The ``evaluate`` module for nuclei instance segmentation: a thin wrapper over ``cryonuseg_hf.metrics``.
+"""The ``evaluate`` module for nuclei instance segmentation: Dice, AJI, AJI+ and PQ on label images.
 
-Load it by path (works offline): ``evaluate.load(str(cryonuseg_hf.METRIC_PATH))``. All the computing happens in
-:func:`cryonuseg_hf.metrics.score`; this file only declares the inputs. The inputs are declared as
-``datasets.Image()`` because that is the cheapest encoding ``evaluate`` offers for 2-D integer arrays of any size
-(16-bit and 32-bit label images round-trip losslessly as TIFF); inputs are checked before ``evaluate`` encodes
-them, so a 3-D, boolean, negative or NaN input fails with the same clear message as the plain functions.
+This folder is complete on its own, as ``evaluate``'s modules on the Hub are: this file declares the inputs and
+calls the plain numpy functions of ``nuclei_metrics.py`` beside it (numpy and scipy only; the ``cryonuseg_hf``
+package re-exports the same functions as ``cryonuseg_hf.metrics``), ``requirements.txt`` lists what it imports,
+``README.md`` is the metric card and ``app.py`` the Space's Gradio app. Load it by path, offline:
+``evaluate.load("path/to/nuclei_instance_metric")``, or from the Hub by its repository id.
+
+The inputs are declared as ``datasets.Image()`` because that is the cheapest encoding ``evaluate`` offers for 2-D
+integer arrays of any size (16-bit and 32-bit label images round-trip losslessly as TIFF); inputs are checked
+before ``evaluate`` encodes them, so a 3-D, boolean, negative or NaN input fails with the same clear message as
+the plain functions.
 """
 
 import datasets
 import evaluate
 
-from cryonuseg_hf.metrics import as_label_image, score
+from .nuclei_metrics import as_label_image, score
 
 _CITATION = """\
 @article{kumar2017dataset,
@@ -60,7 +65,7 @@ Returns:
     by_reference: name -> the whole result for that reference set (when more_references is given).
 Examples:
     >>> import numpy as np
-    >>> metric = evaluate.load(str(cryonuseg_hf.METRIC_PATH))
+    >>> metric = evaluate.load("nuclei_instance_metric")  # this folder; from the Hub: "<owner>/nuclei_instance_metric"
     >>> truth = np.array([[1, 1, 0, 2, 2]])
     >>> prediction = np.array([[7, 7, 0, 0, 0]])
     >>> results = metric.compute(predictions=[prediction], references=[truth])
@@ -71,7 +76,7 @@ Examples:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class NucleiInstanceMetric(evaluate.Metric):
-    """Dice, AJI, AJI+, PQ/DQ/SQ, precision and recall for nuclei label images (see ``cryonuseg_hf.metrics``)."""
+    """Dice, AJI, AJI+, PQ/DQ/SQ, precision and recall for nuclei label images (see ``nuclei_metrics.py``)."""
 
     def _info(self):
         return evaluate.MetricInfo(
@@ -93,7 +98,7 @@ class NucleiInstanceMetric(evaluate.Metric):
             if array.size and int(array.max()) > 2**31 - 1:
                 raise ValueError(
                     f"{what}[{k}]: ids above 2**31 - 1 do not survive evaluate's image encoding; relabel the "
-                    "image, or call cryonuseg_hf.metrics.score directly"
+                    "image, or call score() of nuclei_metrics.py (this folder; cryonuseg_hf.metrics) directly"
                 )
             checked.append(image)
         return checked
