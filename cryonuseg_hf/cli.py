@@ -104,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.set_defaults(func=_cmd_predict)
 
+    app = sub.add_parser(
+        "app", help="serve the Gradio app (the Space): upload an H&E image, get its nuclei and the exports"
+    )
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    app.add_argument("--port", type=int, default=7860, help="port to listen on")
+    app.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped one)")
+    app.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto")
+    app.add_argument("--threads", type=int, default=None, help="CPU threads for torch/onnxruntime")
+    app.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger uploads")
+    app.set_defaults(func=_cmd_app)
+
     mask_report = sub.add_parser(
         "mask-report", help="regenerate every mask variant from the ROIs and compare with the released files"
     )
@@ -249,12 +260,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.release import open_release, validate_images
+    from cryonuseg_hf.builder import check_release
+    from cryonuseg_hf.release import open_release
 
     release = open_release(_source(args))
-    validate_images(release)
-    n_rois = {name: len(markup.rois) for name, markup in release.markups.items()}
-    print(f"{release.root}: complete release, {len(release.images)} tiles, ROI sets per mark-up: {n_rois}")
+    n_rois = check_release(release)  # reads every file build reads, and checks they belong together
+    print(f"{release.root}: complete release, {len(release.images)} tiles, every file readable and consistent")
+    print(f"ROIs per mark-up: {n_rois}")
     return 0
 
 
@@ -337,6 +349,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for path, message in failures.items():
         print(f"failed: {path}: {message}", file=sys.stderr)
     return 1 if failures or not written else 0
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.app import launch
+
+    print(f"serving the app on http://{args.host}:{args.port} (no public link; Ctrl+C stops it)")
+    try:
+        launch(
+            host=args.host,
+            port=args.port,
+            model=args.model,
+            backend=args.backend,
+            threads=args.threads,
+            max_pixels=args.max_pixels,
+        )
+    except ImportError as error:
+        print(f"cryonuseg-hf app: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _cmd_mask_report(args: argparse.Namespace) -> int:
