@@ -183,6 +183,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_card.set_defaults(func=_cmd_model_card)
 
+    score = sub.add_parser(
+        "score",
+        help="score any tool's predictions (label images, QuPath GeoJSON, ImageJ RoiSets, HoVer-Net .mat) "
+        "per tile, organ and fold, beside the SegFormer CV and the human agreement",
+    )
+    score.add_argument(
+        "predictions",
+        type=Path,
+        help="folder with one file per tile, named after it (e.g. Human_Larynx_01.png)",
+    )
+    _add_source(score)
+    score.add_argument(
+        "--out", type=Path, required=True, help="folder for score.md, score.json, score_per_tile.csv"
+    )
+    score.add_argument(
+        "--reference",
+        action="append",
+        default=None,
+        help="mark-up to score against (repeatable; default: annotator1_round1, annotator1_round2, annotator2)",
+    )
+    score.add_argument("--pattern", default="*", help="glob choosing the files, e.g. '*_labels.tif'")
+    score.add_argument(
+        "--object-type",
+        action="append",
+        default=None,
+        help="GeoJSON: keep only these QuPath object types (repeatable: detection, annotation, cell)",
+    )
+    score.add_argument(
+        "--cv",
+        type=Path,
+        default=Path("results/cv/metrics.json"),
+        help="SegFormer CV scores to put beside (left out when the file is missing)",
+    )
+    score.add_argument(
+        "--name", default=None, help="what the report calls the predictions (default: folder name)"
+    )
+    score.add_argument(
+        "--ignore-unmatched",
+        action="store_true",
+        help="list files that name no tile as extra instead of failing",
+    )
+    score.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    score.set_defaults(func=_cmd_score)
+
     return parser
 
 
@@ -381,6 +425,34 @@ def _cmd_mask_report(args: argparse.Namespace) -> int:
             f"pixel agreement {row['mean_pixel_agreement']:.6f} max abs diff {row['max_abs_difference']}"
         )
     print(f"wrote {report['csv']} and {report['markdown']}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.score import score_folder, write_report
+
+    report = score_folder(
+        args.predictions,
+        source=args.source,
+        references=args.reference,
+        pattern=args.pattern,
+        object_types=args.object_type,
+        cv_metrics=args.cv,
+        allow_extra=args.ignore_unmatched,
+        name=args.name,
+    )
+    command = "cryonuseg-hf " + " ".join(sys.argv[1:]) if "score" in sys.argv[1:3] else "cryonuseg-hf score"
+    paths = write_report(report, args.out, command=command, overwrite=args.overwrite)
+    missing = ", ".join(report["missing"]) or "none"
+    print(f"scored {len(report['tiles'])} tile(s) of {args.predictions}; missing: {missing}")
+    for name in ("extra", "skipped"):
+        if report[name]:
+            print(f"{name}: {', '.join(Path(p).name for p in report[name])}")
+    for reference in report["references"]:
+        mean = report["summary"][reference]["mean"]
+        values = "  ".join(f"{m} {mean[m]:.4f}" for m in ("dice", "aji", "aji_plus", "pq"))
+        print(f"vs {reference}: {values}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
