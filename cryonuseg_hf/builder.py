@@ -132,6 +132,11 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def image_png(path: Path) -> bytes:
     """The RGB tile as PNG bytes, after checking it decodes to 512x512 RGB uint8."""
+    return encode_png(read_tile_image(path))
+
+
+def read_tile_image(path: Path) -> np.ndarray:
+    """A released tile as a checked 512x512x3 uint8 array; ``ValueError`` naming the file otherwise."""
     import tifffile
 
     try:
@@ -142,7 +147,7 @@ def image_png(path: Path) -> bytes:
         raise ValueError(f"{path}: unreadable TIFF (no image data)")
     if image.shape != TILE_SHAPE or image.dtype != np.uint8:
         raise ValueError(f"{path}: expected a 512x512 RGB uint8 image, got shape {image.shape} {image.dtype}")
-    return encode_png(image)
+    return image
 
 
 def read_label_image(path: Path) -> np.ndarray:
@@ -236,6 +241,185 @@ def load_metadata(release: Release) -> dict[str, dict]:
     return read_slide_metadata(release.metadata_xlsx)
 
 
+# Cross-file relations of a release, each with its tolerance and what it was measured as on the real release
+# (../shared/datasets/cryonuseg, all 30 tiles x 3 mark-ups; `python benchmarks/robustness_report.py` re-measures
+# them into results/robustness.md). A file of another tile fails each of them by a wide margin.
+MIN_OWN_LABEL_FRACTION = 0.8
+"""ROI pixels that carry their own label in ``label masks modify`` (:func:`cryonuseg_hf.masks.own_label_fraction`):
+real release min 0.924 (annotator2, Human_LymphNodes_01); the round-2 ROI set of Human_Pancreas_03 on the mask of
+Human_AdrenalGland_02 (same ROI count): 0.0."""
+MAX_NUCLEUS_CONTRAST = 0.8
+"""Mean grey level inside the nuclei / outside (:func:`nucleus_contrast`): nuclei are dark in H&E. Real release max
+0.712 (Human_LymphNodes_02); each tile with another tile's round-2 mask (870 pairs): min 0.865, median 0.998."""
+MIN_MARKUP_DICE = 0.55
+"""Foreground Dice between two mark-ups of the same tile: real release min 0.612; between the round-2 masks of
+two different tiles (870 pairs): max 0.497."""
+SAME_FOREGROUND = ("label_masks", "mask_binary", "distance_maps")
+"""Released variants whose non-zero pixels are exactly those of ``label masks modify`` (all 90 pairs: 1.0)."""
+INSIDE_FOREGROUND = ("mask_binary_without_border", "mask_binary_without_border_erode")
+"""Released variants whose non-zero pixels lie inside those of ``label masks modify`` (all 90 pairs)."""
+
+
+def nucleus_contrast(image: np.ndarray, labels: np.ndarray) -> float:
+    """Mean grey level of an RGB tile inside the labelled nuclei divided by that outside (1.0 if either is empty).
+
+    >>> image = np.full((2, 2, 3), 200, np.uint8); image[0, 0] = 50
+    >>> nucleus_contrast(image, np.array([[1, 0], [0, 0]]))
+    0.25
+    """
+    grey = image.astype(np.float64).mean(axis=2)
+    inside = labels > 0
+    if inside.all() or not inside.any():
+        return 1.0
+    outside_mean = grey[~inside].mean()
+    return float(grey[inside].mean() / outside_mean) if outside_mean > 0 else 1.0
+
+
+def foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of the non-zero pixels of two masks (1.0 when both are empty).
+
+    >>> foreground_dice(np.array([1, 1, 0]), np.array([0, 2, 2]))
+    0.5
+    """
+    a, b = a > 0, b > 0
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def _tile_relations(
+    tile: str,
+    markup: str,
+    files,
+    nuclei: list[dict],
+    labels: np.ndarray,
+    image: np.ndarray | None,
+    variants: dict[str, np.ndarray],
+    metadata: dict[str, dict] | None,
+) -> list[str]:
+    """Problems with how one tile's files of one mark-up relate to each other (empty when they belong together)."""
+    from cryonuseg_hf.masks import own_label_fraction
+    from cryonuseg_hf.rois import Nucleus
+
+    problems = []
+    roi_path, mask_path = files.rois[tile], files.variants["label_masks_modify"][tile]
+    fix = "the files do not belong together: put back the right file for this tile"
+    if int(labels.max()) > len(nuclei):
+        problems.append(
+            f"{mask_path}: label {int(labels.max())} but the ROI set {roi_path} holds only {len(nuclei)} ROIs; {fix}"
+        )
+    polygons = [Nucleus(n["name"], n["x"], n["y"], n["roi_type"]) for n in nuclei]
+    own = own_label_fraction(polygons, labels)
+    if own < MIN_OWN_LABEL_FRACTION:
+        problems.append(
+            f"{roi_path}: only {own:.1%} of the ROI pixels carry their own label in {mask_path} "
+            f"(at least {MIN_OWN_LABEL_FRACTION:.0%} expected; the release has >= 92.4%); {fix}"
+        )
+    if image is not None:
+        contrast = nucleus_contrast(image, labels)
+        if contrast > MAX_NUCLEUS_CONTRAST:
+            problems.append(
+                f"{mask_path}: its nuclei are not darker than the rest of the tile image "
+                f"(grey-level ratio {contrast:.3f}, at most {MAX_NUCLEUS_CONTRAST} expected; the release has <= 0.712): "
+                f"mask and tile image do not belong together; put back the right file for this tile"
+            )
+    for column, array in variants.items():
+        path = files.variants[column][tile]
+        if column in SAME_FOREGROUND and not np.array_equal(array > 0, labels > 0):
+            problems.append(f"{path}: its nuclei differ from those of {mask_path}; {fix}")
+        if column in INSIDE_FOREGROUND and np.any((array > 0) & (labels == 0)):
+            problems.append(f"{path}: it marks pixels outside the nuclei of {mask_path}; {fix}")
+    if metadata is not None and tile in metadata:
+        expected = metadata[tile].get(f"n_cells_{markup}")
+        if expected is not None and expected != len(nuclei):
+            problems.append(
+                f"{roi_path}: holds {len(nuclei)} ROIs but the slide sheet counts {expected} nuclei for {tile} "
+                f"({markup}); {fix} (or correct the sheet)"
+            )
+    return problems
+
+
+def check_release(release: Release, markups: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Read every file :func:`build` reads, with the same readers, and check how the files relate to each other.
+
+    Each tile image, ROI set, released mask and the slide sheet must decode and have the right size and type; and
+    per tile and mark-up the ROI set must match ``label masks modify`` (:data:`MIN_OWN_LABEL_FRACTION`), the other
+    masks must mark the same nuclei, the nuclei must be darker than the rest of the tile image
+    (:data:`MAX_NUCLEUS_CONTRAST`), the sheet's nucleus count must equal the ROI count, and two mark-ups of the
+    same tile must overlap (:data:`MIN_MARKUP_DICE`).
+
+    Args:
+        release: from :func:`cryonuseg_hf.release.open_release`.
+        markups: the mark-ups to check (default: all in ``release``).
+
+    Returns:
+        ROIs per mark-up.
+
+    Raises:
+        ReleaseError: every problem found, each naming the file.
+    """
+    markups = tuple(release.markups) if markups is None else markups
+    problems: list[str] = []
+
+    def attempt(function, *args):
+        try:
+            return function(*args)
+        except (ValueError, OSError) as error:  # RoiError and ReleaseError are ValueErrors
+            problems.extend(error.problems if isinstance(error, ReleaseError) else [str(error)])
+            return None
+
+    images = {tile: attempt(read_tile_image, path) for tile, path in release.images.items()}
+    metadata = attempt(load_metadata, release)
+    foregrounds: dict[str, dict[str, np.ndarray]] = {}
+    counts = {}
+    for markup in markups:
+        try:
+            _require_variants(release, markup)
+        except ReleaseError as error:
+            problems.extend(error.problems)
+            continue
+        files = release.markups[markup]
+        counts[markup] = 0
+        for tile in TILE_IDS:
+            nuclei = attempt(read_nuclei, files.rois[tile])
+            labels = attempt(read_label_image, files.variants["label_masks_modify"][tile])
+            variants = {}
+            for column in RELEASED_COLUMNS:
+                path = files.variants[column][tile]
+                reader = read_label_image if column in LABEL_COLUMNS else _read_released
+                array = attempt(reader, path)
+                if array is not None:
+                    variants[column] = array
+            if nuclei is None or labels is None:
+                continue
+            counts[markup] += len(nuclei)
+            foregrounds.setdefault(tile, {})[markup] = labels
+            problems.extend(
+                _tile_relations(tile, markup, files, nuclei, labels, images[tile], variants, metadata)
+            )
+    for tile, by_markup in foregrounds.items():
+        names = list(by_markup)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                dice = foreground_dice(by_markup[first], by_markup[second])
+                if dice < MIN_MARKUP_DICE:
+                    problems.append(
+                        f"{release.markups[second].variants['label_masks_modify'][tile]}: overlaps the {first} mask "
+                        f"of {tile} with Dice {dice:.3f} only (at least {MIN_MARKUP_DICE} expected; the release "
+                        f"has >= 0.612): one of the two is another tile's; put back the right file"
+                    )
+    if problems:
+        raise ReleaseError(release.root, problems)
+    return counts
+
+
+def _read_released(path: Path) -> np.ndarray:
+    """An 8-bit released mask or map, checked as :func:`released_png` checks it, as an array."""
+    from cryonuseg_hf.masks import read_mask
+
+    released_png(path)
+    return read_mask(path)
+
+
 def generate_examples(
     release: Release,
     markup: str,
@@ -319,6 +503,12 @@ def check_output_folder(out_dir: Path, overwrite: bool) -> None:
     Raises:
         FileExistsError: the folder is not empty; the message says whether ``--overwrite`` would help.
     """
+    resolved = Path(out_dir).resolve()
+    if resolved == Path.cwd() or resolved in Path.cwd().parents:
+        raise FileExistsError(
+            f"{out_dir}: is the current folder or holds it; a build replaces its --out folder as a whole, so "
+            "name a new folder, e.g. --out cryonuseg"
+        )
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -414,14 +604,13 @@ def build(
             timings[name] = round(now - clock["last"], 3)
         clock["last"] = now
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
     unknown = [m for m in markups if m not in MARKUPS]
     if unknown or not markups:
         raise ValueError(f"unknown or no mark-ups {unknown or markups}; expected some of {MARKUPS}")
     check_output_folder(out_dir, overwrite)
     release = open_release(default_source() if source is None else source, markups=tuple(markups))
-    for markup in markups:
-        _require_variants(release, markup)
+    check_release(release, tuple(markups))
     metadata = load_metadata(release)
     lap("open")
     images = encode_images(release)
@@ -506,4 +695,5 @@ class CryoNuSeg(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, source):
         release = open_release(source, markups=(self.config.name,))
+        check_release(release, (self.config.name,))
         yield from generate_examples(release, self.config.name)

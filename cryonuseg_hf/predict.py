@@ -131,6 +131,8 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
                     f"{path}: TIFF holds a stack ({dict(extra)} besides the image plane, axes {axes!r}); "
                     "save one RGB plane per file"
                 )
+            page = series.pages[0] if series.pages else tif.pages.first
+            colour = _tiff_colour(path, page)
             array = series.asarray()
     except ValueError:
         raise
@@ -140,7 +142,102 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     array = array.reshape([n for a, n in zip(axes, shape, strict=True) if a in kept])
     if "S" in kept and kept.index("S") < kept.index("Y"):
         array = np.moveaxis(array, kept.index("S"), -1)  # planar RGB -> (H, W, S)
+    return _orient(_tiff_to_rgb(path, array, colour), colour["orientation"], path)
+
+
+def _tiff_colour(path: Path, page) -> dict[str, Any]:
+    """What the pixels of a TIFF page mean: photometric interpretation, colour map, extra samples, orientation.
+
+    Raises:
+        ValueError: an interpretation this reader cannot turn into RGB faithfully (CIELab, YCbCr stored raw, ...).
+    """
+    from tifffile import PHOTOMETRIC
+
+    photometric = PHOTOMETRIC(page.photometric)
+    tags = page.tags
+    extra = tags["ExtraSamples"].value if "ExtraSamples" in tags else ()
+    extrasamples = (extra,) if isinstance(extra, int) else tuple(extra)
+    known = (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE, PHOTOMETRIC.RGB, PHOTOMETRIC.PALETTE)
+    if photometric == PHOTOMETRIC.SEPARATED:
+        inkset = tags["InkSet"].value if "InkSet" in tags else 1
+        if inkset != 1 or page.samplesperpixel - len(extrasamples) != 4:
+            raise ValueError(
+                f"{path}: TIFF with {page.samplesperpixel} separated ink channels (InkSet {inkset}) cannot be "
+                "turned into RGB; save it as RGB"
+            )
+    elif photometric == PHOTOMETRIC.YCBCR:
+        if page.compression not in (6, 7):  # tifffile decodes JPEG-compressed YCbCr to RGB itself
+            raise ValueError(f"{path}: TIFF stores raw YCbCr samples; save it as RGB")
+    elif photometric not in known:
+        raise ValueError(
+            f"{path}: TIFF photometric interpretation {photometric.name} is not supported; save it as RGB"
+        )
+    orientation = int(tags["Orientation"].value) if "Orientation" in tags else 1
+    return {
+        "photometric": photometric.name,
+        "colormap": page.colormap if photometric == PHOTOMETRIC.PALETTE else None,
+        "extrasamples": extrasamples,
+        "orientation": orientation,
+    }
+
+
+def _tiff_to_rgb(path: Path, array: np.ndarray, colour: dict[str, Any]) -> np.ndarray:
+    """Decoded TIFF samples -> what :func:`as_rgb8` takes (grey, RGB or RGBA), by the photometric interpretation."""
+    photometric, extrasamples = colour["photometric"], colour["extrasamples"]
+    if photometric == "PALETTE":
+        colormap = colour["colormap"]
+        if colormap is None or array.ndim != 2:
+            raise ValueError(f"{path}: palette TIFF without a usable colour map; save it as RGB")
+        logger.warning("%s: palette TIFF converted to RGB through its colour map", path)
+        lookup = np.round(np.asarray(colormap, np.float64).T / 257.0) if colormap.max() > 255 else colormap.T
+        return np.asarray(lookup, np.uint8)[np.clip(array, 0, len(lookup) - 1)]
+    if photometric == "MINISWHITE":
+        logger.warning("%s: TIFF stored with white as zero (MINISWHITE); inverted", path)
+        if array.dtype.kind != "u":
+            raise ValueError(f"{path}: MINISWHITE TIFF of {array.dtype} samples is not supported; save it as RGB")
+        array = np.iinfo(array.dtype).max - array
+    if photometric == "SEPARATED":
+        if array.dtype != np.uint8:
+            raise ValueError(f"{path}: CMYK TIFF of {array.dtype} samples is not supported; save it as 8-bit RGB")
+        logger.warning("%s: CMYK TIFF converted to RGB (no colour profile: R = (255 - C)(255 - K) / 255 ...)", path)
+        ink = array[..., :4].astype(np.float64)
+        rgb = np.round((255.0 - ink[..., :3]) * (255.0 - ink[..., 3:4]) / 255.0).astype(np.uint8)
+        return rgb if array.shape[-1] == 4 else np.concatenate([rgb, array[..., 4:5]], axis=-1)
+    if array.ndim == 3 and extrasamples:
+        colours = array.shape[2] - len(extrasamples)
+        kind = extrasamples[0]
+        if kind == 1:  # associated (premultiplied) alpha: composite onto white directly
+            alpha = array[..., colours : colours + 1].astype(np.float64) / np.iinfo(array.dtype).max
+            top = float(np.iinfo(array.dtype).max)
+            logger.warning("%s: TIFF with premultiplied alpha composited onto white", path)
+            array = np.round(array[..., :colours] + top * (1.0 - alpha)).astype(array.dtype)
+        elif kind == 2:  # unassociated alpha: as_rgb8 composites it
+            array = array[..., : colours + 1]
+        else:  # unspecified extra samples are not alpha
+            logger.warning("%s: TIFF extra sample(s) without a meaning dropped", path)
+            array = array[..., :colours]
+        if array.ndim == 3 and array.shape[2] == 2:  # grey + alpha
+            array = array[..., [0, 0, 0, 1]]
     return array
+
+
+def _orient(array: np.ndarray, orientation: int, path: Path) -> np.ndarray:
+    """Turn pixels stored in TIFF/EXIF ``orientation`` 1..8 into the upright image."""
+    if orientation == 1:
+        return array
+    if orientation not in range(2, 9):
+        raise ValueError(f"{path}: orientation tag {orientation} is not one of 1..8")
+    logger.warning("%s: stored with orientation %d; turned upright", path, orientation)
+    turns = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(turns[orientation](array))
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -176,6 +273,7 @@ def _decode_pil(path: Path, max_pixels: int) -> np.ndarray:
             )
         width, height = handle.size
         _check_size(path, height, width, max_pixels)
+        orientation = int(handle.getexif().get(0x0112, 1) or 1)  # EXIF Orientation
         mode = handle.mode
         if mode not in ("RGB", "RGBA", "L", "LA", "P", "PA", "I;16", "I;16B", "I"):
             raise ValueError(f"{path}: image mode {mode!r} is not supported; save it as 8-bit RGB")
@@ -197,7 +295,7 @@ def _decode_pil(path: Path, max_pixels: int) -> np.ndarray:
         if array.min() < 0 or array.max() > 65535:
             raise ValueError(f"{path}: 32-bit integer image is not supported; save it as 8-bit RGB")
         array = array.astype(np.uint16)
-    return array
+    return _orient(array, orientation, path)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:

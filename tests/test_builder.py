@@ -209,12 +209,12 @@ def make_release(root: Path) -> Path:
     proto = root.parent / f".{root.name}-proto"
     proto.mkdir(parents=True)
     rows, cols = np.mgrid[0:512, 0:512]
-    tifffile.imwrite(
-        proto / "tile.tif", np.stack([rows // 2, cols // 2, (rows + cols) // 4], -1).astype(np.uint8)
-    )
     nuclei = _nuclei()
     write_roi_set(proto / "rois.zip", nuclei)
     summed, modify = instance_masks(nuclei)
+    tile = np.stack([rows // 2, cols // 2, (rows + cols) // 4], -1).astype(np.uint8)
+    tile[modify > 0] //= 4  # nuclei are dark in H&E; check_release tests that mask and tile belong together
+    tifffile.imwrite(proto / "tile.tif", tile)
     tifffile.imwrite(proto / "label_masks.tif", summed)
     tifffile.imwrite(proto / "label_masks_modify.tif", modify)
     Image.fromarray(np.where(modify > 0, 255, 0).astype(np.uint8)).save(proto / "binary.png")
