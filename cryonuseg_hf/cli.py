@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="nuclei instances of H&E images: label TIFF, overlay PNG, QuPath GeoJSON, ImageJ ROI zip, CSV",
     )
-    predict.add_argument("images", nargs="+", type=Path, help="PNG/JPEG/TIFF files or folders of them")
+    predict.add_argument(
+        "images", nargs="+", type=Path, help="PNG/JPEG/TIFF files or folders of them, and whole-slide images"
+    )
     predict.add_argument("-o", "--output", type=Path, required=True, help="output folder (created)")
     predict.add_argument(
         "--model", type=Path, default=None, help="saved SegFormer checkpoint (default: the shipped one)"
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="average over 8 flips/rotations (8x slower)")
     predict.add_argument("--max-pixels", type=int, default=2**28, help="refuse larger images")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    slides = predict.add_argument_group(
+        "whole slides (.svs, .ndpi, .scn, .bif, pyramidal .tif): GeoJSON, CSV, overview PNG in level-0 pixels"
+    )
+    slides.add_argument("--mpp", type=float, default=None, help="µm per level-0 pixel (default: the slide's)")
+    slides.add_argument("--roi", default=None, help="only this region: x,y,width,height in level-0 pixels")
+    slides.add_argument("--labels", action="store_true", help="also write a pyramidal label TIFF")
     predict.set_defaults(func=_cmd_predict)
 
     app = sub.add_parser(
@@ -376,20 +384,53 @@ def _cmd_agreement(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from cryonuseg_hf.predict import ensure_writable_folder, load_predictor, predict_files
+    from cryonuseg_hf.wsi import is_slide, parse_roi, predict_slide
 
     ensure_writable_folder(args.output)
+    roi = parse_roi(args.roi) if args.roi else None
     predictor = load_predictor(args.model, device=args.device, backend=args.backend, threads=args.threads)
-    written, failures = predict_files(
-        args.images,
-        args.output,
-        predictor,
-        overwrite=args.overwrite,
-        tile_size=args.tile_size,
-        margin=args.margin,
-        tta=args.tta,
-        max_pixels=args.max_pixels,
-    )
-    print(f"predicted {len(written)} image(s) into {args.output} ({predictor.backend} on {predictor.device})")
+    slides = [path for path in args.images if is_slide(path)]
+    images = [path for path in args.images if path not in slides]
+    written, failures = {}, {}
+    if images:
+        written, failures = predict_files(
+            images,
+            args.output,
+            predictor,
+            overwrite=args.overwrite,
+            tile_size=args.tile_size,
+            margin=args.margin,
+            tta=args.tta,
+            max_pixels=args.max_pixels,
+        )
+        where = f"{args.output} ({predictor.backend} on {predictor.device})"
+        print(f"predicted {len(written)} image(s) into {where}")
+    for path in slides:
+        try:
+            summary = predict_slide(
+                path,
+                args.output,
+                predictor,
+                mpp=args.mpp,
+                roi=roi,
+                labels=args.labels,
+                overwrite=args.overwrite,
+                tta=args.tta,
+                tile_size=args.tile_size,
+                margin=args.margin,
+                progress=True,
+            )
+        except (OSError, ValueError) as error:
+            failures[path] = str(error)
+            continue
+        except KeyboardInterrupt:
+            print(f"interrupted: {path}: no output of it was left behind", file=sys.stderr)
+            return 130
+        written[path] = summary["outputs"]
+        print(
+            f"{path}: {summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm2 of tissue, "
+            f"{summary['seconds']:.0f} s; outputs {args.output}/{path.stem}{{.geojson,_nuclei.csv,_overview.png}}"
+        )
     for path, message in failures.items():
         print(f"failed: {path}: {message}", file=sys.stderr)
     return 1 if failures or not written else 0

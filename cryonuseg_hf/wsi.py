@@ -795,7 +795,7 @@ def _paste_labels(canvas: Any, block: BlockNuclei) -> None:
 def write_pyramid(
     path: str | os.PathLike,
     image: Any,
-    mpp: float,
+    mpp: float | None,
     steps: tuple[int, ...] | None = None,
     min_side: int = 1024,
     compression: str = "zlib",
@@ -809,7 +809,7 @@ def write_pyramid(
     Args:
         path: the TIFF to write.
         image: (H, W) integer labels or (H, W, 3) uint8 RGB.
-        mpp: µm per pixel of level 0.
+        mpp: µm per pixel of level 0, written as the resolution of each level (None: no resolution).
         steps: subsampling of each level, starting with 1 (default 1, 4, 16 ... while the shorter side of the
             next level is at least ``min_side``).
         min_side: see ``steps``.
@@ -833,9 +833,11 @@ def write_pyramid(
                 pad = ((0, _LABEL_TILE - tile.shape[0]), (0, _LABEL_TILE - tile.shape[1]))
                 yield np.pad(tile, pad + ((0, 0),) * (tile.ndim - 2))
 
-    per_cm = 1e4 / mpp
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for index, step in enumerate(steps):
+            resolution = {}
+            if mpp is not None:
+                resolution = {"resolution": (1e4 / mpp / step,) * 2, "resolutionunit": "CENTIMETER"}
             shape = (-(-height // step), -(-width // step)) + ((3,) if rgb else ())
             tif.write(
                 tiles(step),
@@ -844,9 +846,8 @@ def write_pyramid(
                 tile=(_LABEL_TILE, _LABEL_TILE),
                 compression=compression,
                 photometric="rgb" if rgb else "minisblack",
-                resolution=(per_cm / step, per_cm / step),
-                resolutionunit="CENTIMETER",
                 subifds=len(steps) - 1 if index == 0 else None,
                 subfiletype=1 if index else 0,
+                **resolution,
             )
     return Path(path)
