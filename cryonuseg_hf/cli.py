@@ -10,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+from cryonuseg_hf.folds import TILE_IDS
+
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -19,6 +21,22 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
         help="raw CryoNuSeg release: a folder in the Kaggle layout or the Kaggle zip "
         "(default: $CRYONUSEG_DATA, else ../shared/datasets/cryonuseg beside the checkout)",
     )
+
+
+def _int_at_least(minimum: int):
+    """An argparse type: a whole number >= ``minimum``, refused at the parser (usage and exit 2, no traceback)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
 
 
 def _source(args: argparse.Namespace) -> Path:
@@ -64,11 +82,43 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--out", type=Path, default=None, help="target folder (default: kagglehub's cache)")
     download.set_defaults(func=_cmd_download)
 
-    push = sub.add_parser("push", help="upload a build folder to a Hugging Face dataset repository")
-    push.add_argument("folder", type=Path, help="the folder made by `cryonuseg-hf build`")
-    push.add_argument("--repo-id", required=True, help="e.g. your-name/cryonuseg")
+    push = sub.add_parser(
+        "push", help="upload a dataset build, or the model, metric and Space of hub-export, to the Hub"
+    )
+    push.add_argument(
+        "folder",
+        type=Path,
+        help="a `cryonuseg-hf build` folder, one folder of a hub-export, or a hub-export --out folder (all three)",
+    )
+    push.add_argument(
+        "--repo-id",
+        default=None,
+        help="e.g. your-name/cryonuseg; not needed for a hub-export --out folder (its hub_export.json names them)",
+    )
     push.add_argument("--private", action="store_true", help="create the repository as private")
     push.set_defaults(func=_cmd_push)
+
+    hub_export = sub.add_parser(
+        "hub-export",
+        help="write the model, metric and Space as complete Hub repositories (folders) into --out",
+    )
+    hub_export.add_argument(
+        "--out", type=Path, required=True, help="folder for model/, nuclei_instance_metric/, space/"
+    )
+    hub_export.add_argument(
+        "--owner", default="cryonuseg", help="Hub user or organisation the repositories are for"
+    )
+    hub_export.add_argument(
+        "--checkpoint", type=Path, default=None, help="model folder (default: the shipped one)"
+    )
+    hub_export.add_argument(
+        "--results", type=Path, default=Path("results"), help="results folder the card reads"
+    )
+    hub_export.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for the ONNX export and check"
+    )
+    hub_export.add_argument("--overwrite", action="store_true", help="replace a previous hub-export in --out")
+    hub_export.set_defaults(func=_cmd_hub_export)
 
     agreement = sub.add_parser(
         "agreement", help="score the three mark-ups against each other (intra- and inter-observer agreement)"
@@ -98,11 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx: onnxruntime on an export checked against torch and cached per checkpoint; "
         "auto: onnx on the CPU, torch on a GPU",
     )
-    predict.add_argument("--threads", type=int, default=None, help="CPU threads for torch/onnxruntime")
-    predict.add_argument("--tile-size", type=int, default=512, help="larger images are predicted in tiles")
-    predict.add_argument("--margin", type=int, default=64, help="context around each tile's core, pixels")
+    predict.add_argument(
+        "--threads", type=_int_at_least(1), default=None, help="CPU threads for torch/onnxruntime"
+    )
+    predict.add_argument(
+        "--tile-size", type=_int_at_least(64), default=512, help="larger images are predicted in tiles"
+    )
+    predict.add_argument(
+        "--margin", type=_int_at_least(0), default=64, help="context around each tile's core, pixels"
+    )
     predict.add_argument("--tta", action="store_true", help="average over 8 flips/rotations (8x slower)")
-    predict.add_argument("--max-pixels", type=int, default=2**28, help="refuse larger images")
+    predict.add_argument("--max-pixels", type=_int_at_least(1), default=2**28, help="refuse larger images")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     slides = predict.add_argument_group(
         "whole slides (.svs, .ndpi, .scn, .bif, pyramidal .tif): GeoJSON, CSV, overview PNG in level-0 pixels"
@@ -133,7 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("results"),
         help="folder for mask_agreement.csv and mask_agreement.md",
     )
-    mask_report.add_argument("--tiles", nargs="+", default=None, help="only these tile ids (default: all 30)")
+    mask_report.add_argument(
+        "--tiles",
+        nargs="+",
+        default=None,
+        choices=TILE_IDS,
+        metavar="TILE",
+        help="only these tile ids, e.g. Human_Larynx_01 (default: all 30)",
+    )
     mask_report.set_defaults(func=_cmd_mask_report)
 
     train = sub.add_parser(
@@ -240,11 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """The recipe options (every field of ``TrainConfig``), shared by ``train`` and ``pretrain``."""
-    from cryonuseg_hf.train import TrainConfig
+    from cryonuseg_hf.model import VARIANTS
+    from cryonuseg_hf.release import MARKUPS
+    from cryonuseg_hf.train import DEVICES, INT_MINIMUMS, TrainConfig
 
     defaults = TrainConfig()
-    for name in ("variant", "init", "markup", "device"):
-        parser.add_argument(f"--{name}", default=getattr(defaults, name))
+    parser.add_argument("--init", default=defaults.init)
+    for name, choices in (("variant", tuple(VARIANTS)), ("markup", MARKUPS), ("device", DEVICES)):
+        parser.add_argument(f"--{name}", default=getattr(defaults, name), choices=choices)
     for name in (
         "input_scale",
         "lr",
@@ -268,7 +334,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "threads",
         "log_every",
     ):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+        kind = _int_at_least(INT_MINIMUMS[name]) if name in INT_MINIMUMS else int
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (always on with CUDA)")
 
 
@@ -317,7 +384,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     release = open_release(_source(args))
     n_rois = check_release(release)  # reads every file build reads, and checks they belong together
-    print(f"{release.root}: complete release, {len(release.images)} tiles, every file readable and consistent")
+    print(f"{release.root}: complete release of {len(release.images)} tiles; every file reads and fits")
     print(f"ROIs per mark-up: {n_rois}")
     return 0
 
@@ -358,14 +425,41 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.hub import push_dataset
+    from cryonuseg_hf.hub_export import push_export, push_folder
 
     try:
-        url = push_dataset(args.folder, args.repo_id, private=args.private)
+        if args.repo_id is None:
+            urls = push_export(args.folder, private=args.private)
+        else:
+            urls = {str(args.folder): push_folder(args.folder, args.repo_id, private=args.private)}
     except ConnectionError as error:
         print(f"cryonuseg-hf push: error: {error}", file=sys.stderr)
         return 2
-    print(f"pushed {args.folder} to https://huggingface.co/datasets/{args.repo_id} ({url})")
+    for folder, url in urls.items():
+        print(f"pushed {folder}: {url}")
+    return 0
+
+
+def _cmd_hub_export(args: argparse.Namespace) -> int:
+    from cryonuseg_hf import MODEL_PATH
+    from cryonuseg_hf.hub_export import hub_export
+
+    command = f"cryonuseg-hf hub-export --out {args.out} --owner {args.owner} --results {args.results}"
+    command += f" --checkpoint {args.checkpoint}" if args.checkpoint else ""
+    manifest = hub_export(
+        args.out,
+        owner=args.owner,
+        checkpoint=args.checkpoint or MODEL_PATH,
+        results=args.results,
+        overwrite=args.overwrite,
+        threads=args.threads,
+        command=command,
+    )
+    for folder, repo in manifest["repos"].items():
+        print(f"{args.out / folder}: {repo['kind']} for {repo['repo_type']} repository {repo['repo_id']}")
+    check = manifest["onnx_check"]
+    print(f"ONNX export checked against torch: largest logit difference {check['max_abs_logit_diff']:.2g}")
+    print(f"push all three with: cryonuseg-hf push {args.out}")
     return 0
 
 
@@ -388,7 +482,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     ensure_writable_folder(args.output)
     roi = parse_roi(args.roi) if args.roi else None
-    predictor = load_predictor(args.model, device=args.device, backend=args.backend, threads=args.threads)
+    predictor = _load_model(load_predictor, args)
     slides = [path for path in args.images if is_slide(path)]
     images = [path for path in args.images if path not in slides]
     written, failures = {}, {}
@@ -495,6 +589,35 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"vs {reference}: {values}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _load_model(load_predictor, args: argparse.Namespace):
+    """``load_predictor`` for ``--model``, with any failure to read the checkpoint naming its file."""
+    import json
+
+    from cryonuseg_hf import MODEL_PATH
+
+    folder = args.model if args.model is not None else MODEL_PATH
+    try:
+        return load_predictor(args.model, device=args.device, backend=args.backend, threads=args.threads)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as error:  # transformers, safetensors and json raise many types for a damaged checkpoint
+        if str(folder) in str(error):
+            raise
+        culprit = folder / "model.safetensors"
+        for name in ("config.json", "preprocessor_config.json"):
+            try:
+                json.loads((folder / name).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                continue
+            except ValueError:
+                culprit = folder / name
+                break
+        raise ValueError(
+            f"{culprit}: cannot load the checkpoint ({type(error).__name__}: {error}); the file is damaged: "
+            "save or copy the checkpoint again, or pass another --model"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:

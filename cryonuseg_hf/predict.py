@@ -194,12 +194,18 @@ def _tiff_to_rgb(path: Path, array: np.ndarray, colour: dict[str, Any]) -> np.nd
     if photometric == "MINISWHITE":
         logger.warning("%s: TIFF stored with white as zero (MINISWHITE); inverted", path)
         if array.dtype.kind != "u":
-            raise ValueError(f"{path}: MINISWHITE TIFF of {array.dtype} samples is not supported; save it as RGB")
+            raise ValueError(
+                f"{path}: MINISWHITE TIFF of {array.dtype} samples is not supported; save it as RGB"
+            )
         array = np.iinfo(array.dtype).max - array
     if photometric == "SEPARATED":
         if array.dtype != np.uint8:
-            raise ValueError(f"{path}: CMYK TIFF of {array.dtype} samples is not supported; save it as 8-bit RGB")
-        logger.warning("%s: CMYK TIFF converted to RGB (no colour profile: R = (255 - C)(255 - K) / 255 ...)", path)
+            raise ValueError(
+                f"{path}: CMYK TIFF of {array.dtype} samples is not supported; save it as 8-bit RGB"
+            )
+        logger.warning(
+            "%s: CMYK TIFF converted to RGB (no colour profile: R = (255 - C)(255 - K) / 255 ...)", path
+        )
         ink = array[..., :4].astype(np.float64)
         rgb = np.round((255.0 - ink[..., :3]) * (255.0 - ink[..., 3:4]) / 255.0).astype(np.uint8)
         return rgb if array.shape[-1] == 4 else np.concatenate([rgb, array[..., 4:5]], axis=-1)

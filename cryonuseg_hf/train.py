@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from cryonuseg_hf.folds import TILE_IDS, fold_of, organ_of, tiles_of_fold, train_tiles
+from cryonuseg_hf.model import VARIANTS
 from cryonuseg_hf.release import DEFAULT_MARKUP, MARKUPS
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,61 @@ class TrainConfig:
     """bf16 autocast on the CPU too (always on with CUDA)."""
     save_every: float = 300.0
     """Seconds between resumable training states (with ``state_path``)."""
+
+
+INT_MINIMUMS: dict[str, int] = {
+    "first_stride": 1,
+    "boundary_width": 1,
+    "steps": 1,
+    "batch_size": 1,
+    "crop": 32,  # one cell of SegFormer's 32 px grid; smaller crops round to an empty input
+    "warmup": 0,
+    "tune_tiles": 0,
+    "workers": 1,
+    "seed": 0,
+    "threads": 1,
+    "log_every": 1,
+}
+"""The smallest value of each integer ``TrainConfig`` field (the CLI's argument types use them too)."""
+MAX_CROP = 512
+"""The side of a CryoNuSeg tile: a training crop cannot be larger."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """Check every field of ``config`` before any work; return it.
+
+    Raises:
+        ValueError: the first bad field, named as its command-line option, with the values it takes.
+    """
+
+    def bad(name: str, expected: str) -> ValueError:
+        value = getattr(config, name)
+        return ValueError(f"--{name.replace('_', '-')} {value!r}: expected {expected}")
+
+    for name, minimum in INT_MINIMUMS.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise bad(name, f"a whole number >= {minimum}")
+    if config.crop > MAX_CROP:
+        raise bad("crop", f"at most {MAX_CROP} (the tile side)")
+    if config.markup not in MARKUPS:
+        raise bad("markup", f"one of {', '.join(MARKUPS)}")
+    if config.variant not in VARIANTS:
+        raise bad("variant", f"one of {', '.join(VARIANTS)}")
+    if config.device not in DEVICES:
+        raise bad("device", f"one of {', '.join(DEVICES)}")
+    for name in ("input_scale", "lr", "save_every"):
+        if not math.isfinite(getattr(config, name)) or getattr(config, name) <= 0:
+            raise bad(name, "a number > 0")
+    for name in ("weight_decay", "dice_weight"):
+        if not math.isfinite(getattr(config, name)) or getattr(config, name) < 0:
+            raise bad(name, "a number >= 0")
+    if not 0 <= config.scale_jitter < 1:
+        raise bad("scale_jitter", "a number in [0, 1)")
+    if config.max_seconds is not None and not config.max_seconds > 0:
+        raise bad("max_seconds", "a number of seconds > 0")
+    return config
 
 
 def resolve_device(name: str) -> str:
@@ -717,7 +773,8 @@ def recipe_options(args) -> list[str]:
 
 def config_from_args(args) -> TrainConfig:
     """The ``TrainConfig`` of parsed ``train``/``pretrain`` options (fields the options lack keep defaults)."""
-    return TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)})
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
+    return validate_config(TrainConfig(**fields))
 
 
 def run_pretraining(args, command: str | None = None) -> list[str]:
@@ -774,6 +831,9 @@ def run_training(args, command: str | None = None) -> list[str]:
 
     config = config_from_args(args)
     folds = list(range(len(TILE_IDS) // 3)) if args.cv else list(args.fold or [])
+    wrong = [k for k in folds if not 0 <= k < len(TILE_IDS) // 3]
+    if wrong:
+        raise ValueError(f"--fold {wrong[0]}: expected a fold 0..{len(TILE_IDS) // 3 - 1} (one per organ)")
     if not (args.pack or folds or args.score_only or args.final):
         raise ValueError("nothing to do: give --fold K, --cv, --final, --score-only or --pack PATH")
     lines = []
