@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="average over 8 flips/rotations (8x slower)")
     predict.add_argument("--max-pixels", type=_int_at_least(1), default=2**28, help="refuse larger images")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument(
+        "--allow-non-tissue",
+        action="store_true",
+        help="predict images that do not look like H&E tissue (black, blank, grey) instead of refusing them",
+    )
     slides = predict.add_argument_group(
         "whole slides (.svs, .ndpi, .scn, .bif, pyramidal .tif): GeoJSON, CSV, overview PNG in level-0 pixels"
     )
@@ -496,6 +501,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             margin=args.margin,
             tta=args.tta,
             max_pixels=args.max_pixels,
+            allow_non_tissue=args.allow_non_tissue,
         )
         where = f"{args.output} ({predictor.backend} on {predictor.device})"
         print(f"predicted {len(written)} image(s) into {where}")

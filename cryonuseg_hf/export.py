@@ -278,7 +278,11 @@ def write_csv(path: Path, measurements: list[dict]) -> Path:
 def write_outputs(
     image: np.ndarray, labels: np.ndarray, out_dir: str | os.PathLike, stem: str, overwrite: bool = False
 ) -> dict[str, Path]:
-    """Write every output of one image (see :func:`output_paths`); never replaces files unless ``overwrite``.
+    """Write every output of one image (see :func:`output_paths`) as one set: all of them or none.
+
+    Each file is written under a temporary name in ``out_dir`` first; only when all five are complete are they
+    renamed into place. Files they replace are moved aside first and put back if any rename fails, so a failure
+    leaves either the old set or nothing, never a mix of old and new files.
 
     Args:
         image: (H, W, 3) uint8 RGB.
@@ -291,21 +295,61 @@ def write_outputs(
         output kind -> path written.
 
     Raises:
-        FileExistsError: an output exists and ``overwrite`` is False (nothing is written then).
+        FileExistsError: an output exists and ``overwrite`` is False, or an output path is not a file (nothing
+            is written then).
+        OSError: a file cannot be written or renamed; the old set is back in place and no new file is left.
     """
+    import tempfile
+
     paths = output_paths(out_dir, stem)
-    existing = [str(p) for p in paths.values() if p.exists()]
+    existing = [p for p in paths.values() if p.exists() or p.is_symlink()]
     if existing and not overwrite:
         raise FileExistsError(
-            f"outputs exist already: {', '.join(existing)}; pass overwrite=True to replace them"
+            f"outputs exist already: {', '.join(map(str, existing))}; pass overwrite=True to replace them"
+        )
+    not_files = [str(p) for p in existing if p.is_dir() or not (p.is_file() or p.is_symlink())]
+    if not_files:
+        raise FileExistsError(
+            f"{', '.join(not_files)}: an output path is taken by something that is not a file; move it away"
         )
     if labels.shape != image.shape[:2]:
         raise ValueError(f"{stem}: labels {labels.shape} do not match the image {image.shape[:2]}")
     measurements = nucleus_measurements(labels, image)
     polygons = instance_polygons(labels)
-    write_label_tiff(paths["labels"], labels)
-    write_overlay(paths["overlay"], image, labels)
-    write_geojson(paths["geojson"], polygons, measurements)
-    write_rois(paths["rois"], polygons, measurements)
-    write_csv(paths["csv"], measurements)
+    writers = {
+        "labels": lambda p: write_label_tiff(p, labels),
+        "overlay": lambda p: write_overlay(p, image, labels),
+        "geojson": lambda p: write_geojson(p, polygons, measurements),
+        "rois": lambda p: write_rois(p, polygons, measurements),
+        "csv": lambda p: write_csv(p, measurements),
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{stem}.writing-", dir=out_dir))
+    try:
+        for kind, path in paths.items():
+            writers[kind](staging / path.name)
+        _swap_in({staging / p.name: p for p in paths.values()}, staging)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
     return paths
+
+
+def _swap_in(moves: dict[Path, Path], aside: Path) -> None:
+    """Rename every ``new -> target`` together: old targets go into ``aside`` first and come back on failure."""
+    moved_aside: list[Path] = []
+    placed: list[Path] = []
+    try:
+        for target in moves.values():
+            if target.exists() or target.is_symlink():
+                os.replace(target, aside / f"old-{target.name}")
+                moved_aside.append(target)
+        for new, target in moves.items():
+            os.replace(new, target)
+            placed.append(target)
+    except OSError:
+        for target in placed:
+            target.unlink(missing_ok=True)
+        for target in moved_aside:
+            os.replace(aside / f"old-{target.name}", target)
+        raise

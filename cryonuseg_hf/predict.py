@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_PIXELS = 2**28
 """Largest image accepted (16384 x 16384): beyond it, cut the image first (whole slides need a slide reader)."""
+MIN_TISSUE_FRACTION = 0.25
+"""Below this fraction of content (or stained) pixels an image is not treated as a tissue image."""
 TILE_SIZE = 512
 """Default tile side in image pixels: the size of a CryoNuSeg tile, which the model was trained on."""
 MARGIN = 64
@@ -331,13 +333,22 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Files named in ``inputs``, folders expanded to their images (sorted; not recursive).
 
     Files are kept whatever their suffix (reading them says what is wrong); missing paths are kept too, so
-    that the caller reports them among the results.
+    that the caller reports them among the results. In a folder, the label TIFF and overlay PNG that
+    :func:`predict_files` wrote for another image of that folder are skipped: predictions are never read as
+    new images (``-o`` may be the input folder).
     """
+    from cryonuseg_hf.export import output_paths
+
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            ours = {out for p in files for out in output_paths(path, p.stem).values()}
+            skipped = sorted(p for p in files if p in ours)
+            if skipped:
+                logger.info("%s: skipped %d earlier prediction output(s)", path, len(skipped))
+            images = sorted(p for p in files if p not in ours)
             if not images:
                 logger.warning("%s: folder holds no %s file", path, "/".join(IMAGE_SUFFIXES))
             found.extend(images)
@@ -662,11 +673,13 @@ def predict_files(
     tta: bool = False,
     max_pixels: int = MAX_PIXELS,
     progress: bool = True,
+    allow_non_tissue: bool = False,
 ) -> tuple[dict[Path, dict[str, Path]], dict[Path, str]]:
     """Predict every image and write its outputs (see :func:`cryonuseg_hf.export.write_outputs`).
 
-    A file that fails (missing, unreadable, not an image, too large, outputs already there without
-    ``overwrite``) is reported in the second result and the others go on.
+    A file that fails (missing, unreadable, not an image, too large, not a tissue image, outputs already there
+    without ``overwrite``) is reported in the second result, nothing is written for it, and the others go on.
+    The five outputs of an image are written as one set (all or none).
 
     Args:
         inputs: image files and folders of images.
@@ -676,6 +689,8 @@ def predict_files(
         tile_size, margin, tta: as in :func:`predict_instances`.
         max_pixels: as in :func:`read_image`.
         progress: show a progress bar (tqdm) over images.
+        allow_non_tissue: predict images that :func:`tissue_problem` refuses (black, blank, grey, unstained),
+            with a logged warning, instead of failing them.
 
     Returns:
         ``(written, failures)``: input path -> {output kind -> path}, and input path -> error message.
@@ -704,6 +719,14 @@ def predict_files(
                     f"{path}: outputs exist already ({', '.join(existing)}); pass --overwrite to replace them"
                 )
             image = read_image(path, max_pixels=max_pixels)
+            problem = tissue_problem(image)
+            if problem and not allow_non_tissue:
+                raise ValueError(
+                    f"{path}: not an H&E tissue image: {problem}; nothing predicted (pass --allow-non-tissue "
+                    "to predict it anyway)"
+                )
+            if problem:
+                logger.warning("%s: not an H&E tissue image (%s); predicted anyway", path, problem)
             labels = predict_instances(
                 image, predictor, tile_size=tile_size, margin=margin, tta=tta, progress=progress
             )
@@ -712,6 +735,44 @@ def predict_files(
             failures[path] = str(error)
             logger.info("failed: %s", error)
     return written, failures
+
+
+def tissue_problem(image: np.ndarray) -> str | None:
+    """Why an image is not an H&E tissue image the model can read, or None when it looks like one.
+
+    The model turns anything into "nuclei", so a black, blank, grey or unstained image yields plausible
+    nonsense (an all-black tile gave one nucleus covering a third of it). Thresholds, measured on the 30
+    CryoNuSeg tiles (the same as :mod:`cryonuseg_hf.app` warns with): a pixel is content when the mean of its
+    R, G, B is below 220 (71 % to 100 % of each tile) and stained when max - min of R, G, B is above 15 as well
+    (67.5 % to 100 %); the darkest tile's mean brightness is 89; the least coloured tile's median max - min
+    over its content is 36.
+
+    >>> tissue_problem(np.zeros((64, 64, 3), np.uint8))
+    'almost black (mean brightness 0 of 255; the darkest CryoNuSeg tile has 89)'
+    >>> tissue_problem(np.full((64, 64, 3), 250, np.uint8))
+    'blank: 100 % of it is white background or glass (at most 29 % in the CryoNuSeg tiles)'
+    """
+    rgb = image.astype(np.int16)
+    luminance = rgb.mean(axis=2)
+    chroma = rgb.max(axis=2) - rgb.min(axis=2)
+    content = luminance < 220
+    if luminance.mean() < 60:
+        return (
+            f"almost black (mean brightness {luminance.mean():.0f} of 255; the darkest CryoNuSeg tile has 89)"
+        )
+    if content.mean() < MIN_TISSUE_FRACTION:
+        return (
+            f"blank: {100 * (1 - content.mean()):.0f} % of it is white background or glass "
+            "(at most 29 % in the CryoNuSeg tiles)"
+        )
+    if np.median(chroma[content]) < 5:
+        return (
+            "grey: it has almost no colour, and the model reads H&E staining (purple nuclei on pink tissue)"
+        )
+    stained = (content & (chroma > 15)).mean()
+    if stained < MIN_TISSUE_FRACTION:
+        return f"unstained: only {100 * stained:.0f} % of it looks like stained tissue (at least 67 % in every tile)"
+    return None
 
 
 def ensure_writable_folder(path: str | os.PathLike) -> Path:
