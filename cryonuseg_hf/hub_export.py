@@ -145,8 +145,8 @@ def files_section(onnx_check: dict[str, Any]) -> str:
 |---|---|
 | `config.json`, `model.safetensors`, `preprocessor_config.json` | the checkpoint: `from_pretrained` and `pipeline("image-segmentation")` load it unchanged |
 | `examples/*.png` | the widget's example tiles (CryoNuSeg, CC BY-NC-SA 4.0) |
-| `{ONNX_FILE}` | the same model for onnxruntime, post-processing input included: `images` (N, 3, H, W) float32 RGB 0..255 -> `probabilities` (N, 3, H, W) and `logits`; H and W any size |
-| `{ONNX_CHECK}` | its check against torch on real tiles: largest logit difference {onnx_check["max_abs_logit_diff"]:.2g} (tolerance {onnx_check["tolerance"]:g}), {onnx_check["argmax_disagreement"]:.2g} of the pixels change class |
+| `{ONNX_FILE}` | the same model for onnxruntime, with the normalisation, the input scale and the softmax in the graph: `images` (N, 3, H, W) float32 RGB 0..255 -> `probabilities` (N, 3, H, W) and `logits`; H and W any size |
+| `{ONNX_CHECK}` | its check against torch on real tiles: largest logit difference {onnx_check["max_abs_logit_diff"]:.2g} (tolerance {onnx_check["tolerance"]:g}), {onnx_check["argmax_disagreement"]:.2%} of the pixels change class |
 | `LICENSE`, `CITATION.bib` | CC BY-NC-SA 4.0; what to cite |
 
 Written by `cryonuseg-hf hub-export`; the model card above by `cryonuseg-hf model-card`.
