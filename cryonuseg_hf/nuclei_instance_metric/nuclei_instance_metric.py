@@ -100,7 +100,7 @@ class NucleiInstanceMetric(evaluate.Metric):
                     f"{what}[{k}]: ids above 2**31 - 1 do not survive evaluate's image encoding; relabel the "
                     "image, or call score() of nuclei_metrics.py (this folder; cryonuseg_hf.metrics) directly"
                 )
-            checked.append(image)
+            checked.append(_encodable(array))
         return checked
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
@@ -116,9 +116,9 @@ class NucleiInstanceMetric(evaluate.Metric):
     def add(self, *, prediction=None, reference=None, **kwargs):
         """Check one pair of label images, then add it (evaluate appends the input description here)."""
         if prediction is not None:
-            as_label_image(prediction, "prediction")
+            prediction = self._checked([prediction], "prediction")[0]
         if reference is not None:
-            as_label_image(reference, "reference")
+            reference = self._checked([reference], "reference")[0]
         return super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(self, predictions, references, organs=None, folds=None, tile_ids=None, more_references=None):
@@ -128,3 +128,12 @@ class NucleiInstanceMetric(evaluate.Metric):
                 predictions, dict(more_references), organs=organs, folds=folds, tile_ids=tile_ids
             )
         return result
+
+
+def _encodable(labels):
+    """A checked label image in the smallest unsigned or int32 type that holds its ids: evaluate's image encoder
+    takes uint8, uint16 and int32 losslessly but refuses int8 and other types (the card promises any integer type).
+    """
+    top = int(labels.max()) if labels.size else 0
+    dtype = "uint8" if top <= 255 else "uint16" if top <= 65535 else "int32"
+    return labels.astype(dtype, copy=False)
