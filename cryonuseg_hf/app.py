@@ -4,12 +4,12 @@
 call of the package's own functions, so the app has no inference path of its own:
 
 1. :func:`cryonuseg_hf.predict.read_image`: the uploaded file -> (H, W, 3) uint8 RGB;
-2. :func:`input_warnings`: what about the image is not what the model expects (too small, black, grey, blank);
+2. :func:`input_warnings`: what about the image is not what the model expects (too small, black, blank, grey);
 3. :func:`cryonuseg_hf.predict_instances` with the shipped checkpoint (tiled when larger than 512 px);
 4. :func:`cryonuseg_hf.export.write_outputs`: overlay PNG, label TIFF, QuPath GeoJSON, ImageJ RoiSet, CSV;
 5. :func:`result_warnings`: nuclei far smaller or larger than at 40x, or none at all.
 
-:func:`analyse` does 1-5 without Gradio; :func:`build_app` wraps it in a ``gr.Blocks`` page and :func:`launch`
+:func:`analyse` does 1-5 without Gradio; :func:`build_app` wraps it in a ``gr.Blocks`` page and :func:`serve`
 serves that page. Gradio is an optional dependency (``pip install 'cryonuseg_hf[app]'``), imported inside the
 functions that need it.
 
@@ -39,14 +39,18 @@ APP_MAX_PIXELS = 4096 * 4096
 MIN_SIDE = 2 * MARGIN
 """Below this side (px) an image holds few whole nuclei, each with less context than a tile's margin gives it."""
 TISSUE_MAX_LUMINANCE = 220
+"""A pixel whose mean of R, G, B is 220 or more is background (glass, white); 71 % (Human_ThyroidGland_02) to
+100 % of the pixels of each CryoNuSeg tile are below it."""
 TISSUE_MIN_CHROMA = 15
-"""A pixel is stained tissue when its mean of R, G, B is below 220 and max - min of R, G, B is above 15 (not
-white glass, not grey). On the 30 tiles 67.5 % (Human_ThyroidGland_01) to 100 % of the pixels are tissue."""
+"""A non-background pixel is stained when max - min of its R, G, B is above 15 (not grey); 67.5 %
+(Human_ThyroidGland_01) to 100 % of the pixels of each tile are stained tissue."""
 MIN_TISSUE_FRACTION = 0.25
+"""Warn below this fraction of non-background pixels, or of stained pixels."""
 MIN_MEAN_LUMINANCE = 60
 """The darkest tile's mean of R, G, B is 89 (Human_Mediastinum_01); brightfield H&E is never near black."""
 MIN_MEDIAN_CHROMA = 5
-"""The least coloured tile's median max - min of R, G, B is 29 (Human_ThyroidGland_01); grey images have ~0."""
+"""The least coloured tile's median max - min of R, G, B over its non-background pixels is 36
+(Human_ThyroidGland_01); a grey image has about 0."""
 NUCLEUS_MEDIAN_AREA_RANGE = (105.5, 331.0)
 """Smallest and largest per-tile median nucleus area (px) in Annotator 1 round 2 of the 30 tiles at 40x."""
 AREA_TOLERANCE = 2.0
@@ -83,22 +87,28 @@ def input_warnings(image: np.ndarray) -> list[str]:
     rgb = image.astype(np.int16)
     luminance = rgb.mean(axis=2)
     chroma = rgb.max(axis=2) - rgb.min(axis=2)
+    content = luminance < TISSUE_MAX_LUMINANCE
     if luminance.mean() < MIN_MEAN_LUMINANCE:
         warnings.append(
             f"The image is almost black (mean brightness {luminance.mean():.0f} of 255; the darkest CryoNuSeg "
             f"tile has 89): the model expects a brightfield H&E image, not a dark or fluorescence one."
         )
-    elif np.median(chroma) < MIN_MEDIAN_CHROMA:
+    elif content.mean() < MIN_TISSUE_FRACTION:
+        warnings.append(
+            f"The image is mostly blank: {100 * (1 - content.mean()):.0f} % of it is white background or glass "
+            "(at most 29 % in the CryoNuSeg tiles)."
+        )
+    elif np.median(chroma[content]) < MIN_MEDIAN_CHROMA:
         warnings.append(
             "The image has almost no colour: the model expects H&E staining (purple nuclei on pink tissue), "
             "so nuclei found in a grey image are unreliable."
         )
     else:
-        tissue = ((luminance < TISSUE_MAX_LUMINANCE) & (chroma > TISSUE_MIN_CHROMA)).mean()
+        tissue = (content & (chroma > TISSUE_MIN_CHROMA)).mean()
         if tissue < MIN_TISSUE_FRACTION:
             warnings.append(
                 f"Only {100 * tissue:.0f} % of the image looks like stained tissue (at least 67 % in every "
-                f"CryoNuSeg tile): it is mostly blank glass or background."
+                f"CryoNuSeg tile): is it an H&E section?"
             )
     return warnings
 
@@ -374,6 +384,26 @@ def build_app(
     return demo
 
 
+def serve(demo: Any, host: str | None = None, port: int | None = None, block: bool = True) -> Any:
+    """Serve an app from :func:`build_app`: one prediction at a time, no public link, no Node server.
+
+    Args:
+        demo: the ``gr.Blocks``.
+        host: address to listen on; None lets Gradio choose (``$GRADIO_SERVER_NAME`` on a Space, else 127.0.0.1).
+        port: port; None lets Gradio choose (``$GRADIO_SERVER_PORT``, else 7860 or the next free one).
+        block: serve until interrupted; False returns at once with the server running (``demo.close()`` stops it).
+
+    Returns:
+        ``demo``, running.
+    """
+    demo.queue(default_concurrency_limit=1)
+    # share=False: no public tunnel (a Space is public already); ssr_mode=False: no Node server needed
+    demo.launch(
+        server_name=host, server_port=port, share=False, ssr_mode=False, prevent_thread_lock=not block
+    )
+    return demo
+
+
 def launch(
     host: str | None = None,
     port: int | None = None,
@@ -384,21 +414,6 @@ def launch(
     max_pixels: int = APP_MAX_PIXELS,
     block: bool = True,
 ) -> Any:
-    """Build the app (:func:`build_app`) and serve it.
-
-    Args:
-        host: address to listen on; None lets Gradio choose (``$GRADIO_SERVER_NAME`` on a Space, else 127.0.0.1).
-        port: port; None lets Gradio choose (``$GRADIO_SERVER_PORT``, else 7860 or the next free one).
-        model, device, backend, threads, max_pixels: as in :func:`build_app`.
-        block: serve until interrupted; False returns at once with the server running (``demo.close()`` stops it).
-
-    Returns:
-        the running ``gr.Blocks``.
-    """
+    """Build the app (:func:`build_app`) and serve it (:func:`serve`); the arguments are theirs."""
     demo = build_app(model=model, device=device, backend=backend, threads=threads, max_pixels=max_pixels)
-    demo.queue(default_concurrency_limit=1)
-    # share=False: no public tunnel (a Space is public already); ssr_mode=False: no Node server needed
-    demo.launch(
-        server_name=host, server_port=port, share=False, ssr_mode=False, prevent_thread_lock=not block
-    )
-    return demo
+    return serve(demo, host=host, port=port, block=block)
