@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped one)")
     app.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto")
     app.add_argument("--threads", type=int, default=None, help="CPU threads for torch/onnxruntime")
-    app.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger uploads")
+    app.add_argument(
+        "--max-pixels", type=int, default=None, help="refuse larger uploads (default: 4096x4096 pixels)"
+    )
     app.set_defaults(func=_cmd_app)
 
     mask_report = sub.add_parser(
@@ -537,7 +539,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.app import launch
+    from cryonuseg_hf.app import APP_MAX_PIXELS, launch
 
     print(f"serving the app on http://{args.host}:{args.port} (no public link; Ctrl+C stops it)")
     try:
@@ -547,7 +549,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
             model=args.model,
             backend=args.backend,
             threads=args.threads,
-            max_pixels=args.max_pixels,
+            max_pixels=args.max_pixels or APP_MAX_PIXELS,
         )
     except ImportError as error:
         print(f"cryonuseg-hf app: error: {error}", file=sys.stderr)
