@@ -56,6 +56,8 @@ TISSUE_MPP = 4.0
 """µm per pixel of the tissue mask and the overview (16 pixels of a 40x level 0)."""
 TISSUE_SATURATION = 20
 """Least saturation (max - min of R, G, B, of 255) of a tissue pixel of the overview."""
+TISSUE_MAX_SIDE = 4096
+"""Longest side of the tissue mask in pixels: larger slides get a coarser mask (memory stays bounded)."""
 TISSUE_MIN_PIXELS = 16
 """Tissue pieces smaller than this many overview pixels (256 µm² at 4 µm/px) are dropped as specks."""
 BLOCK_SIZE = 2048
@@ -321,29 +323,36 @@ class TissueMap:
         return float(self.mask.sum()) * self.mpp[0] * self.mpp[1] * 1e-6
 
 
-def tissue_map(slide: Slide, roi: tuple[int, int, int, int] | None = None, strip: int = 256) -> TissueMap:
-    """Find the tissue on the coarsest level no coarser than ``TISSUE_MPP``, reading it in strips.
+def tissue_map(
+    slide: Slide, roi: tuple[int, int, int, int] | None = None, strip_bytes: int = 64 * 2**20
+) -> TissueMap:
+    """Find the tissue at ``TISSUE_MPP`` (coarser where the mask would exceed ``TISSUE_MAX_SIDE``).
+
+    The coarsest level fine enough is read in strips of about ``strip_bytes`` and averaged over blocks, so
+    memory holds one strip and the mask, whatever the slide's size and pyramid.
 
     Args:
         slide: from :func:`open_slide`.
         roi: (x, y, width, height) in level-0 pixels: tissue outside it is left out.
-        strip: overview rows per read (memory: one strip of the level read).
+        strip_bytes: size of one read.
     """
     from scipy import ndimage as ndi
     from skimage.morphology import remove_small_objects
 
     width0, height0 = slide.dimensions
+    target = max(TISSUE_MPP, max(width0 * slide.mpp[0], height0 * slide.mpp[1]) / TISSUE_MAX_SIDE)
     level_mpp = [slide.mpp[0] * width0 / w for w, _ in slide.reader.level_dimensions]
-    fine_enough = [i for i, m in enumerate(level_mpp) if m <= TISSUE_MPP * 1.01]
+    fine_enough = [i for i, m in enumerate(level_mpp) if m <= target * 1.01]
     level = fine_enough[-1] if fine_enough else 0
-    k = max(1, math.floor(TISSUE_MPP * 1.01 / level_mpp[level]))
     width, height = slide.reader.level_dimensions[level]
+    k = max(1, math.floor(target * 1.01 / level_mpp[level]), -(-max(width, height) // TISSUE_MAX_SIDE))
+    rows = k * max(1, strip_bytes // (k * width * 3))
     parts = []
-    for start in range(0, height, strip * k):
-        stop = min(start + strip * k, height)
+    for start in range(0, height, rows):
+        stop = min(start + rows, height)
         parts.append(_block_mean(_level_pixels(slide, level, slice(start, stop), slice(0, width)), k))
     overview = np.concatenate(parts, axis=0)
-    per_level0 = (overview.shape[1] / width0, overview.shape[0] / height0)
+    per_level0 = (width / width0 / k, height / height0 / k)
     mask = ndi.binary_fill_holes(tissue_pixels(overview))
     mask = remove_small_objects(mask, max_size=TISSUE_MIN_PIXELS - 1)
     mask = ndi.binary_dilation(mask, structure=np.ones((3, 3), bool))
@@ -648,7 +657,7 @@ def predict_slide(
 
     tissue = tissue_map(slide, roi=roi)
     stats = SlideStats()
-    density = np.zeros(tissue.mask.shape, np.int64)
+    density = np.zeros(tissue.mask.shape, np.int32)
     with _staged(paths) as partial:
         canvas = _label_store(partial["labels"].with_suffix(".zarr"), slide.shape) if labels else None
         try:
@@ -732,37 +741,38 @@ def _count_centroids(density: np.ndarray, records: list[dict], per_level0: tuple
 def write_overview(path: Path, tissue: TissueMap, density: np.ndarray, summary: dict) -> Path:
     """The overview PNG: thumbnail, tissue outline (blue) and nuclei per mm² (yellow to red), with a caption.
 
-    Density is the count of nucleus centroids per overview pixel, smoothed over about 100 µm.
+    Everything is first reduced to at most ``OVERVIEW_SIZE`` pixels a side (small slides are enlarged instead).
+    ``density`` counts nucleus centroids per pixel of the tissue mask; it is smoothed over about 50 µm.
     """
     from PIL import Image, ImageDraw
     from scipy import ndimage as ndi
     from skimage.segmentation import find_boundaries
 
-    pixel_mm2 = tissue.mpp[0] * tissue.mpp[1] * 1e-6
-    sigma = 50.0 / ((tissue.mpp[0] + tissue.mpp[1]) / 2)
-    per_mm2 = ndi.gaussian_filter(density.astype(np.float32), sigma) / pixel_mm2
+    f = -(-max(tissue.mask.shape) // OVERVIEW_SIZE)
+    overview, mask, counts = _block_mean(tissue.overview, f), tissue.mask, density.astype(np.float32)
+    if f > 1:
+        pad = ((0, -mask.shape[0] % f), (0, -mask.shape[1] % f))
+        mask = np.pad(mask, pad).reshape(overview.shape[0], f, overview.shape[1], f).any(axis=(1, 3))
+        counts = np.pad(counts, pad).reshape(overview.shape[0], f, overview.shape[1], f).sum(axis=(1, 3))
+    mpp = (tissue.mpp[0] * f, tissue.mpp[1] * f)
+    per_mm2 = ndi.gaussian_filter(counts, 50.0 / ((mpp[0] + mpp[1]) / 2)) / (mpp[0] * mpp[1] * 1e-6)
     peak = float(per_mm2.max())
-    image = tissue.overview.astype(np.float32)
+    image = overview.astype(np.float32)
     if peak > 0:
         level = np.clip(per_mm2 / peak, 0, 1)[:, :, None]
         heat = np.concatenate([np.full_like(level, 255), 255 * (1 - level), np.zeros_like(level)], axis=2)
-        alpha = 0.65 * level * ((level > 0.02) & tissue.mask[:, :, None])
+        alpha = 0.65 * level * ((level > 0.02) & mask[:, :, None])
         image = image * (1 - alpha) + heat * alpha
     image = image.astype(np.uint8)
-    image[find_boundaries(tissue.mask, mode="inner")] = (0, 90, 255)
+    image[find_boundaries(mask, mode="inner")] = (0, 90, 255)
     picture = Image.fromarray(image)
     longest = max(picture.size)
     if longest < OVERVIEW_SIZE // 4:  # a small slide or ROI: enlarge, keeping pixels sharp
         factor = OVERVIEW_SIZE // 4 // longest
         picture = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
-    elif longest > OVERVIEW_SIZE:
-        factor = OVERVIEW_SIZE / longest
-        picture = picture.resize(
-            (max(1, round(picture.width * factor)), max(1, round(picture.height * factor)))
-        )
     caption = (
         f"{summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm2 of tissue (blue outline); "
-        f"density yellow->red, peak {peak:.0f}/mm2"
+        f"density yellow->red, peak {peak:.0f}/mm2 over 50 um"
     )
     text_width = math.ceil(ImageDraw.Draw(picture).textlength(caption)) + 8
     canvas = Image.new("RGB", (max(picture.width, text_width), picture.height + 16), "white")

@@ -198,14 +198,14 @@ def test_interrupted_run_leaves_no_output(slide, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_predicts_slides_beside_images(slide, tmp_path, capsys):
+def test_cli_predicts_slides_beside_images(slide, mosaic, tmp_path, capsys):
     from PIL import Image
 
     from cryonuseg_hf.cli import main
     from cryonuseg_hf.model import build_model, save_checkpoint
 
     checkpoint = save_checkpoint(build_model("tiny", input_scale=1.0, seed=0), tmp_path / "tiny", fp16=False)
-    Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(mosaic[:128, 512:640]).save(tmp_path / "small.png")
     (tmp_path / "broken.svs").write_text("")
     argv = ["predict", str(slide), str(tmp_path / "small.png"), "-o", str(tmp_path / "out"), "--model"]
     argv += [str(checkpoint), "--backend", "torch", "--threads", "1", "--roi", "1024,512,256,256"]
