@@ -164,7 +164,7 @@ def read_label_image(path: Path) -> np.ndarray:
 
 def released_png(path: Path) -> bytes:
     """An 8-bit released mask or map as PNG bytes: a PNG verbatim, anything else re-encoded losslessly."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     if path.suffix.lower() != ".png":
         from cryonuseg_hf.masks import read_mask
@@ -174,10 +174,14 @@ def released_png(path: Path) -> bytes:
             raise ValueError(f"{path}: expected a 512x512 uint8 mask, got shape {array.shape} {array.dtype}")
         return encode_png(array)
     data = path.read_bytes()
+    if not data:
+        raise ValueError(f"{path}: empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             mode, size = image.mode, image.size
             image.load()  # decodes and checks the CRCs: a truncated or damaged PNG fails here
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: unreadable PNG (not a PNG image)") from None
     except Exception as error:  # PIL raises many types for corrupt files
         raise ValueError(f"{path}: unreadable PNG ({type(error).__name__}: {error})") from None
     if size != MASK_SHAPE[::-1] or mode != "L":
@@ -414,10 +418,15 @@ def check_release(release: Release, markups: tuple[str, ...] | None = None) -> d
 
 def _read_released(path: Path) -> np.ndarray:
     """An 8-bit released mask or map, checked as :func:`released_png` checks it, as an array."""
-    from cryonuseg_hf.masks import read_mask
+    from PIL import Image
 
-    released_png(path)
-    return read_mask(path)
+    if path.suffix.lower() != ".png":
+        from cryonuseg_hf.masks import read_mask
+
+        released_png(path)
+        return read_mask(path)
+    with Image.open(io.BytesIO(released_png(path))) as image:
+        return np.asarray(image)
 
 
 def generate_examples(

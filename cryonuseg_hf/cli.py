@@ -472,9 +472,11 @@ def _cmd_hub_export(args: argparse.Namespace) -> int:
 
 def _cmd_agreement(args: argparse.Namespace) -> int:
     from cryonuseg_hf.agreement import write_agreement
+    from cryonuseg_hf.builder import check_release
     from cryonuseg_hf.release import open_release
 
     release = open_release(_source(args))
+    check_release(release)  # scores of files that do not belong together would be silently wrong
     agreement, paths = write_agreement(release, args.out)
     for name, result in agreement.items():
         means = "  ".join(f"{k} {v:.4f}" for k, v in result["mean"].items())

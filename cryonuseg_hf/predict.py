@@ -281,13 +281,13 @@ def _decode_pil(path: Path, max_pixels: int) -> np.ndarray:
             )
         width, height = handle.size
         _check_size(path, height, width, max_pixels)
-        orientation = int(handle.getexif().get(0x0112, 1) or 1)  # EXIF Orientation
         mode = handle.mode
         if mode not in ("RGB", "RGBA", "L", "LA", "P", "PA", "I;16", "I;16B", "I"):
             raise ValueError(f"{path}: image mode {mode!r} is not supported; save it as 8-bit RGB")
         if mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
             logger.warning("%s: 16-bit colour PNG scaled to 8 bits (the high byte of each sample)", path)
         try:
+            orientation = int(handle.getexif().get(0x0112, 1) or 1)  # EXIF Orientation; may read to the end
             if mode in ("P", "PA"):
                 logger.warning("%s: palette image converted to RGB", path)
                 handle = handle.convert("RGBA" if "transparency" in handle.info or mode == "PA" else "RGB")

@@ -10,7 +10,8 @@ The release is messy in known ways, and this module is the one place that knows 
 
 :func:`open_release` finds every file, checks that the release is complete (30 tiles, one ROI set per tile
 per mark-up) and returns a :class:`Release` of plain paths. Nothing here decodes pixels; ``validate_images``
-does, on request, because it costs a second.
+does, on request, because it costs a second, and :func:`cryonuseg_hf.builder.check_release` reads every file and
+checks that the files belong together (what ``cryonuseg-hf check`` runs).
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ class ReleaseError(ValueError):
         self.root = root
         self.problems = problems
         listing = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{root}: not a complete CryoNuSeg release ({len(problems)} problem(s)):\n{listing}")
+        super().__init__(
+            f"{root}: not a complete CryoNuSeg release ({len(problems)} problem(s)):\n{listing}\n"
+            "Replace each file named above with a good copy of the release (its SHA256SUMS lists them), then run "
+            "`cryonuseg-hf check` again."
+        )
 
 
 @dataclass(frozen=True)

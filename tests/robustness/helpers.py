@@ -1,0 +1,115 @@
+"""Bad inputs made from the real release and real tiles, and a way to run the CLI as a user does.
+
+Every case starts from real files: a release is mirrored into ``tmp_path`` as symlinks (fast), and only the
+files a case damages are replaced by real, damaged copies, never written through to the release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class CliResult:
+    """What a user sees: the exit code, stdout and stderr of one ``cryonuseg-hf`` run, and how long it took."""
+
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+
+def run_cli(*argv: str) -> CliResult:
+    """Run ``cryonuseg-hf argv`` in this process; parser errors (SystemExit) become exit codes, as in a shell."""
+    from cryonuseg_hf.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue(), time.perf_counter() - start)
+
+
+def assert_user_error(result: CliResult, *fragments: str, code: int = 2) -> None:
+    """The run failed with ``code``, printed no traceback, and its message holds every fragment."""
+    text = result.err + result.out
+    assert result.code == code, (result.code, text[-2000:])
+    assert "Traceback" not in text, text[-2000:]
+    for fragment in fragments:
+        assert fragment in text, (fragment, text[-2000:])
+
+
+def mirror_release(source: Path, target: Path) -> Path:
+    """A copy of a release folder made of symlinks to the real files; replace a link to damage one file."""
+    for folder, _, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        (target / relative).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (target / relative / name).symlink_to(Path(folder) / name)
+    return target
+
+
+def replace_file(path: Path, data: bytes) -> Path:
+    """Put ``data`` where the symlink ``path`` was (never writing through to the real release)."""
+    path.unlink()
+    path.write_bytes(data)
+    return path
+
+
+def swap_files(a: Path, b: Path) -> None:
+    """Swap two mirrored files (their symlink targets)."""
+    target_a, target_b = os.readlink(a), os.readlink(b)
+    a.unlink()
+    b.unlink()
+    a.symlink_to(target_b)
+    b.symlink_to(target_a)
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def tiff_bytes(array: np.ndarray, **options) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, **options)
+    return buffer.getvalue()
+
+
+def png_bytes(array: np.ndarray, **options) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def tree_state(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name -> bytes), to prove that nothing was written or replaced."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def copy_checkpoint(target: Path) -> Path:
+    from cryonuseg_hf import MODEL_PATH
+
+    shutil.copytree(MODEL_PATH, target)
+    return target
