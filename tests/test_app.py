@@ -9,6 +9,7 @@ why, where Gradio, playwright or a Chromium binary is missing (``.ci/run`` insta
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.metadata
 import io
@@ -101,6 +102,15 @@ def test_warnings_name_the_problem():
     assert result_warnings([]) == ["No nuclei were found."]
 
 
+def test_docstring_examples():
+    import doctest
+
+    import cryonuseg_hf.app
+
+    result = doctest.testmod(cryonuseg_hf.app, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0
+
+
 def test_output_stem_is_safe():
     assert output_stem("C:/x/../my image (2).TIFF") == "my_image_2"
     assert output_stem("/tmp/.png") == "png"
@@ -189,16 +199,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    """``cryonuseg-hf app`` serving on 127.0.0.1 in a subprocess, stopped after the module's tests."""
-    pytest.importorskip("gradio", reason="the app needs Gradio: pip install -e '.[app]'")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("app") / "server.log"
-    command = [sys.executable, "-m", "cryonuseg_hf.cli", "app", "--host", "127.0.0.1", "--port", str(port)]
+@contextlib.contextmanager
+def _serving(command: list[str], url: str, log: Path, cwd: Path | None = None, env: dict | None = None):
+    """Run ``command`` (a server) until ``url`` answers 200; stop it on exit. Fails with the server's log."""
     with open(log, "w") as handle:
-        server = subprocess.Popen([*command, "--threads", "1"], stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+        server = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     try:
         deadline = time.monotonic() + 240  # model loading on a busy 2-core CPU
         while True:
@@ -221,6 +226,42 @@ def app_url(tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """``cryonuseg-hf app`` serving on 127.0.0.1 in a subprocess, stopped after the module's tests."""
+    pytest.importorskip("gradio", reason="the app needs Gradio: pip install -e '.[app]'")
+    port = _free_port()
+    command = [sys.executable, "-m", "cryonuseg_hf.cli", "app", "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp_path_factory.mktemp("app") / "server.log"
+    with _serving([*command, "--threads", "1"], f"http://127.0.0.1:{port}/", log) as url:
+        yield url
+
+
+@needs_checkpoint
+def test_space_folder_serves_the_app_as_a_space_starts_it(tmp_path):
+    """The Space folder with the package copied beside app.py (as hub-export lays it out) serves the page."""
+    pytest.importorskip("gradio", reason="the app needs Gradio: pip install -e '.[app]'")
+    space = tmp_path / "space"
+    shutil.copytree(SPACE, space, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        PACKAGE_DIR, space / "cryonuseg_hf", ignore=shutil.ignore_patterns("__pycache__", "space")
+    )
+    port = _free_port()
+    # a Space runs `python app.py` with GRADIO_SERVER_NAME/PORT set; print which package it imported first
+    script = (
+        "import runpy, cryonuseg_hf; print('package:', cryonuseg_hf.__file__, flush=True); "
+        "runpy.run_path('app.py', run_name='__main__')"
+    )
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
+    log = tmp_path / "space.log"
+    with _serving(
+        [sys.executable, "-c", script], f"http://127.0.0.1:{port}/", log, cwd=space, env=env
+    ) as url:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert "CryoNuSeg nuclei" in response.read().decode()
+    assert f"package: {space / 'cryonuseg_hf' / '__init__.py'}" in log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +309,7 @@ def test_browser_upload_count_downloads_and_warning(app_url, browser, tmp_path):
     n_expected = len(np.unique(expected)) - 1
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page.set_default_timeout(120_000)  # a busy 2-core CI machine is slow to answer every click
     page.goto(app_url)
     page.set_input_files("#input-image input[type=file]", str(TILE))
     page.click("#run")
