@@ -18,7 +18,7 @@ peer our SegFormer must beat. This script
    to its own 0.1..99.9 percentiles (eps 1e-6, as rdf.yaml says), and the predicted labels are resized back to
    512x512 with nearest neighbour (no anti-aliasing);
 3. scores each setting with ``cryonuseg_hf.metrics.score`` against all three mark-ups (``label masks modify``);
-4. times it on the CPU with 2 threads: seconds per tile, model only and end to end (image in, 512x512 labels out).
+4. times it on the CPU with 2 threads (``--threads``): seconds per tile, model only and end to end (image in, 512x512 labels out).
    The settings take turns tile by tile, so a load change on a shared machine hits all three alike.
 
 Writes ``results/peers.json`` (everything, per tile included) and ``results/peers.md`` (summary tables, beside the
@@ -237,8 +237,11 @@ def segment(model, image: np.ndarray, factor: float) -> tuple[np.ndarray, dict[s
     return labels, info
 
 
-def predict_all(model, tiles: dict[str, Any], scales: dict[str, dict]) -> tuple[dict, dict]:
-    """Every tile in every setting, the settings taking turns per tile (after one untimed warm-up each)."""
+def predict_all(
+    model, tiles: dict[str, Any], scales: dict[str, dict], save: Path | None = None
+) -> tuple[dict, dict]:
+    """Every tile in every setting, the settings taking turns per tile (after one untimed warm-up each); with
+    ``save``, each prediction is also written as ``save/<setting>/<tile_id>.png`` (16-bit labels, untimed)."""
     first = tiles["images"][0]
     warmup = {}
     for setting in SETTINGS:
@@ -251,9 +254,21 @@ def predict_all(model, tiles: dict[str, Any], scales: dict[str, dict]) -> tuple[
             factor = factor_of(setting, scales[tile]["microns_per_pixel"])
             labels, info = segment(model, tiles["images"][k], factor)
             predictions[setting].append(labels)
+            if save is not None:
+                save_labels(save / setting / f"{tile}.png", labels)
             runs[setting].append({"tile_id": tile, "factor": factor, **info})
         print(f"{k + 1:2d}/{len(tiles['tile_ids'])} {tile} load {os.getloadavg()[0]:.2f}", flush=True)
     return predictions, {"warmup_seconds": warmup, "runs": runs}
+
+
+def save_labels(path: Path, labels: np.ndarray) -> None:
+    """Instance labels as a 16-bit PNG, the form of results/cv/predictions (``cryonuseg-hf score`` reads it)."""
+    from PIL import Image
+
+    if labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{path}: {labels.max()} nuclei do not fit a 16-bit PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(labels.astype(np.uint16)).save(path)
 
 
 def timing_summary(runs: list[dict]) -> dict[str, float]:
@@ -428,7 +443,7 @@ def build_report(args, model_dir: Path, tiles: dict[str, Any], scales: dict[str,
     report: dict[str, Any] = {
         "command": command,
         "machine": machine_description(),
-        "threads": THREADS,
+        "threads": args.threads,
         "versions": versions(),
         "model": provenance(model_dir),
         "test_pair": check_test_pair(model, model_dir),
@@ -443,7 +458,7 @@ def build_report(args, model_dir: Path, tiles: dict[str, Any], scales: dict[str,
         "earlier_note": EARLIER_NOTE,
     }
     load_before = list(os.getloadavg())
-    predictions, timing = predict_all(model, tiles, scales)
+    predictions, timing = predict_all(model, tiles, scales, save=args.save_predictions)
     report["timing"] = {
         "load_before": load_before,
         "load_after": list(os.getloadavg()),
@@ -471,6 +486,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"InstanSeg model folder (default: ${PEERS_ENV}/{MODEL_NAME}, else ../shared/models/{MODEL_NAME})",
     )
+    parser.add_argument("--threads", type=int, default=THREADS, help="CPU threads for torch")
+    parser.add_argument(
+        "--save-predictions",
+        type=Path,
+        default=None,
+        help="also write every prediction as <DIR>/<setting>/<tile_id>.png (e.g. results/peer_predictions, "
+        "git-ignored), for `cryonuseg-hf score` and benchmarks/score_peers.py",
+    )
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
 
@@ -478,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cryonuseg_hf.train import load_tiles
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     model_dir = (args.model or default_model_dir()).resolve()
     model = load_model(model_dir)
     tiles = load_tiles(None)

@@ -65,6 +65,7 @@ CV_METRICS = Path("results/cv/metrics.json")
 _TILE_IN_NAME = re.compile(r"(?<![A-Za-z0-9])Human_([A-Za-z]+)_(\d{2})(?!\d)", re.IGNORECASE)
 _SPELLING_FIXES = {"thyreoidgland": "thyroidgland"}  # as in some released RoiSet names
 _CANONICAL = {t.lower(): t for t in TILE_IDS}
+_SHORT = {"annotator1_round1": "A1r1", "annotator1_round2": "A1r2", "annotator2": "A2"}
 _TABLE_METRICS = (
     ("dice", "Dice"),
     ("aji", "AJI"),
@@ -633,14 +634,16 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _columns(report: dict[str, Any], reference: str) -> list[tuple[str, dict[str, Any]]]:
+def _columns(report: dict[str, Any], reference: str, short: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """(label, summary) of the predictions and of everything beside them, against ``reference``."""
     columns = [(report["name"], report["summary"][reference])]
     cv = report.get("segformer_cv") or {}
     if reference in cv:
         columns.append(("SegFormer CV", cv[reference]))
     for other, summary in report["human"][reference].items():
-        columns.append((f"human {other} ({summary['relation']})", summary))
+        relation = summary["relation"]
+        label = f"{_SHORT.get(other, other)} ({relation[:5]})" if short else f"human {other} ({relation})"
+        columns.append((label, summary))
     return columns
 
 
@@ -678,7 +681,7 @@ def report_markdown(report: dict[str, Any], command: str | None = None) -> str:
         ["reference", "predictions"] + [title for _, title in _TABLE_METRICS] + ["nuclei pred / ref"], rows
     )
     for reference in references:
-        columns = _columns(report, reference)
+        columns = _columns(report, reference, short=True)
         lines += ["", f"## Per organ vs {reference} (fold k holds the tiles of organ k)", ""]
         rows = []
         for fold, group in report["summary"][reference]["per_fold"].items():
@@ -691,13 +694,17 @@ def report_markdown(report: dict[str, Any], command: str | None = None) -> str:
             f"{title} {label}" for title in ("AJI", "PQ") for label, _ in columns
         ]
         lines += _table(header, rows)
-    lines += ["", "## Per tile (AJI / PQ)", ""]
+    lines += [
+        "",
+        "## Per tile (AJI / PQ; A1r1, A1r2, A2 = annotator1_round1, annotator1_round2, annotator2)",
+        "",
+    ]
     cv = report.get("segformer_cv") or {}
     header = ["tile", "fold", "nuclei pred"]
     for reference in references:
-        header.append(f"vs {reference}")
+        header.append(f"{report['name']} vs {_SHORT.get(reference, reference)}")
         if reference in cv:
-            header.append(f"SegFormer CV vs {reference}")
+            header.append(f"SegFormer CV vs {_SHORT.get(reference, reference)}")
     rows = []
     for tile in tiles:
         row = [tile, str(fold_of(tile)), str(report["scores"][references[0]]["per_tile"][tile]["n_pred"])]
@@ -736,6 +743,24 @@ def per_tile_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _document(report: dict[str, Any], command: str | None, csv_name: str) -> dict[str, Any]:
+    """The JSON form: per-tile rows once (under ``scores``); those of everything beside are in the CSV."""
+    document = {"command": command, **report} if command else dict(report)
+    document["per_tile_csv"] = csv_name
+    document["summary"] = {r: _without_tiles(s) for r, s in report["summary"].items()}
+    document["human"] = {
+        r: {other: _without_tiles(s) for other, s in by_other.items()}
+        for r, by_other in report["human"].items()
+    }
+    if report.get("segformer_cv"):
+        document["segformer_cv"] = {k: _without_tiles(v) for k, v in report["segformer_cv"].items()}
+    return document
+
+
+def _without_tiles(section: Any) -> Any:
+    return {k: v for k, v in section.items() if k != "per_tile"} if isinstance(section, dict) else section
+
+
 def write_report(
     report: dict[str, Any],
     out_dir: str | Path,
@@ -758,8 +783,7 @@ def write_report(
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist already; pass --overwrite to replace them")
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = {"command": command, **report} if command else report
-    paths["json"].write_text(json.dumps(document, indent=1, default=float) + "\n")
+    paths["json"].write_text(json.dumps(_document(report, command, paths["csv"].name), indent=1) + "\n")
     paths["md"].write_text(report_markdown(report, command))
     rows = per_tile_rows(report)
     with paths["csv"].open("w", newline="") as handle:
