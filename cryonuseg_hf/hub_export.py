@@ -296,24 +296,31 @@ def export_space(out: str | os.PathLike, template: str | os.PathLike = SPACE_TEM
 # ------------------------------------------------------------------------------------------------------- all
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
+def replaceable(out: Path, overwrite: bool) -> list[Path]:
+    """The paths of a previous export in ``out`` that a new one replaces (checked before any work).
+
+    Raises:
+        FileExistsError: they exist and ``overwrite`` is off, or they exist without the manifest (so they are
+            not an export's, and are left alone).
+    """
     taken = [out / name for name in (*REPO_NAMES, MANIFEST) if (out / name).exists()]
-    if not taken:
-        return
-    if not overwrite:
+    if taken and not overwrite:
         raise FileExistsError(
             f"{out}: already holds {[p.name for p in taken]}; pass --overwrite to replace them"
         )
-    if not (out / MANIFEST).is_file():
+    if taken and not (out / MANIFEST).is_file():
         raise FileExistsError(
             f"{out}: holds {[p.name for p in taken]} but no {MANIFEST}, so hub-export did not write them; "
             "choose another --out"
         )
-    for path in taken:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    return taken
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def hub_export(
@@ -337,23 +344,33 @@ def hub_export(
     Returns:
         the manifest: ``repos`` (folder -> ``repo_id``, ``repo_type``, ``kind``), ``onnx_check``, ``command``.
     """
+    if not owner or "/" in owner:
+        raise ValueError(f"--owner {owner!r}: give a Hub user or organisation name, without '/'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _prepare(out, overwrite)
+    previous = replaceable(out, overwrite)
+    # write everything into a staging folder first: a failed export leaves the previous one (or nothing) in place
+    staging = out / ".hub_export.partial"
+    _remove(staging)
     repo_ids = {folder: f"{owner}/{name}" for folder, name in REPO_NAMES.items()}
-    export_model(out / MODEL_FOLDER, repo_ids[MODEL_FOLDER], checkpoint, results, threads)
-    export_metric(out / METRIC_FOLDER)
-    export_space(out / SPACE_FOLDER)
+    export_model(staging / MODEL_FOLDER, repo_ids[MODEL_FOLDER], checkpoint, results, threads)
+    export_metric(staging / METRIC_FOLDER)
+    export_space(staging / SPACE_FOLDER)
     kinds = {MODEL_FOLDER: "model", METRIC_FOLDER: "metric", SPACE_FOLDER: "space"}
     manifest = {
         "repos": {
             folder: {"repo_id": repo_ids[folder], "repo_type": REPO_TYPES[kind], "kind": kind}
             for folder, kind in kinds.items()
         },
-        "onnx_check": json.loads((out / MODEL_FOLDER / ONNX_CHECK).read_text()),
+        "onnx_check": json.loads((staging / MODEL_FOLDER / ONNX_CHECK).read_text()),
         "command": command,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    for path in previous:
+        _remove(path)
+    for name in (*REPO_NAMES, MANIFEST):  # the manifest last: it marks a complete export
+        os.replace(staging / name, out / name)
+    staging.rmdir()
     return manifest
 
 

@@ -24,11 +24,11 @@ from cryonuseg_hf.hub_export import (
     ONNX_FILE,
     SPACE_FOLDER,
     SPACE_TEMPLATE,
-    _prepare,
     check_card_matches_checkpoint,
     folder_kind,
     push_export,
     push_folder,
+    replaceable,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def test_metric_loads_with_evaluate_where_cryonuseg_hf_cannot_be_imported(export
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1200,  # wall time: on a shared, busy CPU a niced run waits
     )
     assert process.returncode == 0, process.stderr[-3000:]
     assert process.stdout.split() == ["0.5", "0.6666666666666666"]
@@ -224,7 +224,7 @@ def test_space_app_imports_from_its_folder(exported):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
     process = subprocess.run(
-        [sys.executable, "-c", child], cwd=folder, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", child], cwd=folder, env=env, capture_output=True, text=True, timeout=1200
     )
     assert process.returncode == 0, process.stderr[-3000:]
     package_file, model_path = process.stdout.split()[-2:]
@@ -315,15 +315,17 @@ def test_push_sends_each_folder_to_its_kind_of_repository(exported, monkeypatch)
 # ---------------------------------------------------------------------------------------------- refusals
 
 
-def test_export_refuses_to_replace_what_it_did_not_write(tmp_path):
+def test_export_refuses_to_replace_what_it_did_not_write(tmp_path, exported):
+    assert replaceable(tmp_path, overwrite=False) == []
     (tmp_path / MODEL_FOLDER).mkdir()
     with pytest.raises(FileExistsError, match="pass --overwrite"):
-        _prepare(tmp_path, overwrite=False)
+        replaceable(tmp_path, overwrite=False)
     with pytest.raises(FileExistsError, match="hub-export did not write them"):
-        _prepare(tmp_path, overwrite=True)
+        replaceable(tmp_path, overwrite=True)
     (tmp_path / MANIFEST).write_text("{}")
-    _prepare(tmp_path, overwrite=True)
-    assert not (tmp_path / MODEL_FOLDER).exists() and not (tmp_path / MANIFEST).exists()
+    assert set(replaceable(tmp_path, overwrite=True)) == {tmp_path / MODEL_FOLDER, tmp_path / MANIFEST}
+    assert main(["hub-export", "--out", str(exported)]) == 2  # refused before any work
+    assert not (exported / ".hub_export.partial").exists()
 
 
 def test_card_must_describe_the_exported_checkpoint(tmp_path):
