@@ -167,7 +167,10 @@ def load_tiles(data: str | Path | None = None, markups: tuple[str, ...] = MARKUP
         return _load_built(path, markups)
     import tifffile
 
+    from cryonuseg_hf.builder import check_release
+
     release = open_release(path)
+    check_release(release)  # a mask of another tile would train the model silently wrong
     images = np.stack([tifffile.imread(release.images[t]) for t in TILE_IDS])
     masks = {
         m: np.stack([tifffile.imread(release.markups[m].variants["label_masks_modify"][t]) for t in TILE_IDS])
@@ -785,13 +788,14 @@ def run_pretraining(args, command: str | None = None) -> list[str]:
     """
     import shlex
 
+    config = config_from_args(args)  # bad options fail here, before torch is imported or data read
+
     import torch
     import transformers
 
     from cryonuseg_hf.external import load_pretraining_tiles
     from cryonuseg_hf.model import save_checkpoint
 
-    config = config_from_args(args)
     out = Path(args.out)
     state = Path(args.state) if args.state else out.with_name(out.name + ".state.pt")
     data = load_pretraining_tiles(args.data, config.boundary_width)
@@ -826,10 +830,7 @@ def run_pretraining(args, command: str | None = None) -> list[str]:
 
 def run_training(args, command: str | None = None) -> list[str]:
     """The ``cryonuseg-hf train`` job: pack, folds, CV scoring and/or the final model. Returns summary lines."""
-    import torch
-    import transformers
-
-    config = config_from_args(args)
+    config = config_from_args(args)  # bad options fail here, before torch is imported or data read
     folds = list(range(len(TILE_IDS) // 3)) if args.cv else list(args.fold or [])
     wrong = [k for k in folds if not 0 <= k < len(TILE_IDS) // 3]
     if wrong:
@@ -838,6 +839,10 @@ def run_training(args, command: str | None = None) -> list[str]:
         raise ValueError("nothing to do: give --fold K, --cv, --final, --score-only or --pack PATH")
     lines = []
     tiles = load_tiles(args.data, MARKUPS)
+
+    import torch
+    import transformers
+
     if args.pack:
         lines.append(
             f"packed {len(tiles['tile_ids'])} tiles and {list(tiles['masks'])} into {pack_tiles(tiles, args.pack)}"
