@@ -43,6 +43,16 @@ def pretraining_record(config: dict[str, Any], root: Path) -> dict[str, Any]:
     return _read_optional(path / "pretrain.json")
 
 
+def pretraining_stages(config: dict[str, Any], root: Path) -> list[dict[str, Any]]:
+    """Every pretraining stage behind a recipe, earliest first: a start point may itself start from another."""
+    stages: list[dict[str, Any]] = []
+    record = pretraining_record(config, root)
+    while record and len(stages) < 10:
+        stages.insert(0, record)
+        record = pretraining_record(record.get("config", {}), root)
+    return stages
+
+
 def eval_results(metrics: dict[str, Any]) -> list:
     """``EvalResult`` rows: AJI, PQ and Dice against Annotator 1 round 2, for the mean and for every fold."""
     from huggingface_hub import EvalResult
@@ -179,9 +189,15 @@ def card_body(
     pretrain: dict[str, Any] | None = None,
     peers: dict[str, Any] | None = None,
     ceiling: dict[str, Any] | None = None,
+    stages: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The Markdown body: results beside InstanSeg and the human agreement, how they were made, usage, limits."""
+    """The Markdown body: results beside InstanSeg and the human agreement, how they were made, usage, limits.
+
+    ``pretrain`` is the start point's record; ``stages`` every pretraining stage behind it, earliest first
+    (default: the start point alone).
+    """
     pretrain, peers, ceiling = pretrain or {}, peers or {}, ceiling or {}
+    stages = stages or ([pretrain] if pretrain else [])
     config = metrics["config"]
     markup = config["markup"]
     scores, human = metrics["scores"], metrics["human_agreement"]
@@ -226,14 +242,24 @@ def card_body(
             f"512 px; none of it from CryoNuSeg), then fine-tuned on CryoNuSeg (10 organs x 3 tiles), ground "
             f"truth {markup}. No ImageNet or other outside weights: none could be downloaded where it was made."
         )
-        pretrain_line = (
-            f"Start point: {pretrain['steps']} steps of {pretrain['config']['batch_size']} crops of "
-            f"{pretrain['config']['crop']} px in {pretrain['train_seconds'] / 60:.0f} min, made by "
-            f"`{pretrain['command']}`."
-        )
+        described = [
+            f"{stage['steps']} steps of {stage['config']['batch_size']} crops of {stage['config']['crop']} px at "
+            f"input scale {stage['config']['input_scale']} in {stage['train_seconds'] / 60:.0f} min "
+            f"(`{stage['command']}`)"
+            for stage in stages
+        ]
+        total = sum(stage["train_seconds"] for stage in stages) / 60
+        pretrain_line = "Start point: " + "; then, from it, ".join(described)
+        pretrain_line += f"; {total:.0f} min in all." if len(stages) > 1 else "."
     else:
         origin = f"Trained from random weights on CryoNuSeg (10 organs x 3 tiles), ground truth {markup}."
         pretrain_line = "No start point: random initial weights."
+    cv_command = _short(fold_commands[0]) if fold_commands else "cryonuseg-hf train --cv"
+    final_command = _short(final.get("command", "cryonuseg-hf train --final"))
+    # a `--cv --final` run records one command for both
+    reproduce = "\n".join(
+        [*(stage["command"] for stage in stages), *dict.fromkeys([cv_command, final_command])]
+    )
     peer_note = ""
     if peers:
         peer_note = (
@@ -341,14 +367,12 @@ before the encoder) and `cryonuseg_postprocess` (tuned thresholds).
 
 Fine-tuning (CV and shipped model): `{json.dumps(config, sort_keys=True)}`
 
-{f"Pretraining: `{json.dumps(pretrain['config'], sort_keys=True)}`" if pretrain else ""}
+{chr(10).join(f"Pretraining stage {i + 1}: `{json.dumps(stage['config'], sort_keys=True)}`" + chr(10) for i, stage in enumerate(stages))}
 
 Reproduce on a CPU (every run resumes where it stopped when restarted):
 
 ```bash
-{pretrain.get("command", "# (no pretraining)")}
-{_short(fold_commands[0]) if fold_commands else "cryonuseg-hf train --cv"}
-{_short(final.get("command", "cryonuseg-hf train --final"))}
+{reproduce}
 cryonuseg-hf model-card
 ```
 """
@@ -366,11 +390,14 @@ def write_model_card(
     metrics = _read(results / "cv" / "metrics.json")
     final_path = results / "cv" / "final.json"
     final = json.loads(final_path.read_text()) if final_path.is_file() else {}
-    pretrain = pretraining_record(final.get("config", metrics["config"]), results.resolve().parent)
+    stages = pretraining_stages(final.get("config", metrics["config"]), results.resolve().parent)
+    pretrain = stages[-1] if stages else {}
     peers = _read_optional(results / "peers.json")
     ceiling = _read_optional(results / "experiments" / "resolution_ceiling.json")
     data = card_data(metrics, final, repo_id)
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{card_body(metrics, final, pretrain, peers, ceiling)}")
+    card = ModelCard(
+        f"---\n{data.to_yaml()}\n---\n{card_body(metrics, final, pretrain, peers, ceiling, stages)}"
+    )
     out = Path(out)
     out.write_text(str(card))
     return out
