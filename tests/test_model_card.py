@@ -1,0 +1,32 @@
+"""The model card's account of pretraining: a start point made in stages is followed back to its first stage."""
+
+import json
+
+from cryonuseg_hf.model_card import pretraining_stages
+
+
+def _stage(root, name, init, steps, scale):
+    folder = root / name
+    folder.mkdir()
+    record = {
+        "steps": steps,
+        "train_seconds": 60.0 * steps / 100,
+        "command": f"cryonuseg-hf pretrain --out {name}",
+        "config": {"init": init, "input_scale": scale, "batch_size": 8, "crop": 128},
+    }
+    (folder / "pretrain.json").write_text(json.dumps(record))
+    return record
+
+
+def test_stages_are_followed_to_the_first(tmp_path):
+    first = _stage(tmp_path, "stage1", None, 1000, 1.0)
+    second = _stage(tmp_path, "stage2", "stage1", 300, 1.5)
+    assert pretraining_stages({"init": "stage2"}, tmp_path) == [first, second]
+    assert pretraining_stages({"init": str(tmp_path / "stage1")}, tmp_path) == [first]
+    assert pretraining_stages({"init": None}, tmp_path) == []
+
+
+def test_an_init_without_a_record_ends_the_chain(tmp_path):
+    # a start point from elsewhere (no pretrain.json) is not a stage made here
+    second = _stage(tmp_path, "stage2", "downloaded", 300, 1.5)
+    assert pretraining_stages({"init": "stage2"}, tmp_path) == [second]
