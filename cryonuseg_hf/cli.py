@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, PermissionError, FileExistsError) as error:
+    except (OSError, ValueError) as error:  # OSError: missing, unreadable or unwritable paths
         print(f"cryonuseg-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
 
