@@ -8,7 +8,9 @@ The recipe, in the order it runs:
 3. watershed of the markers into the nucleus region on the elevation ``1 - p_interior``, so boundary rings go
    to the interior they surround and touching nuclei split along the boundary class;
 4. region components that hold no marker (nuclei too thin to have an interior) become nuclei of their own;
-5. instances smaller than ``min_size`` pixels are removed, and labels are renumbered 1..N.
+5. background enclosed by one nucleus (a hole) becomes part of it, so every nucleus is the region inside its
+   outline and the exported outlines (GeoJSON, ImageJ ROIs) rasterise back to the same labels;
+6. instances smaller than ``min_size`` pixels are removed, and labels are renumbered 1..N.
 
 The tuned parameters travel with the checkpoint: ``config.json`` holds them under ``cryonuseg_postprocess`` and
 the input scale under ``cryonuseg_input_scale``; :func:`params_from_config` reads both. ``tune_params`` picks
@@ -130,7 +132,27 @@ def probabilities_to_instances(
         orphans, n_orphans = ndi.label(region & (labels == 0))
         if n_orphans:
             labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    return _relabel(labels, params.min_size)
+    return _relabel(fill_holes(labels), params.min_size)
+
+
+def fill_holes(labels: np.ndarray) -> np.ndarray:
+    """Background pixels enclosed by a single instance given to it (holes as ``ndimage.binary_fill_holes`` finds them).
+
+    >>> ring = np.pad(np.pad(np.zeros((1, 1), int), 1, constant_values=3), 1)
+    >>> int(fill_holes(ring)[2, 2])
+    3
+    """
+    from scipy import ndimage as ndi
+
+    labels = labels.copy()
+    for value, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        crop = labels[box]
+        mask = crop == value
+        holes = ndi.binary_fill_holes(mask) & ~mask & (crop == 0)
+        crop[holes] = value
+    return labels
 
 
 def _relabel(labels: np.ndarray, min_size: int) -> np.ndarray:

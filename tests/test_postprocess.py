@@ -138,3 +138,24 @@ def test_tune_params_parallel_matches_serial(release):
     parallel = tune_params(noisy, [labels, labels], candidates, workers=2)
     assert serial == parallel
     assert serial[0].min_size in (0, 30) and len(serial[1]) == 4
+
+
+def test_a_hole_inside_a_nucleus_becomes_part_of_it():
+    from skimage.draw import disk
+
+    # a ring of interior with a background hole in it, and a second disk that stays as it is
+    probabilities = np.zeros((3, 64, 64), np.float32)
+    probabilities[0] = 1.0
+    ring = np.zeros((64, 64), bool)
+    ring[disk((20, 20), 12)] = True
+    hole = np.zeros((64, 64), bool)
+    hole[disk((20, 20), 4)] = True
+    ring &= ~hole
+    other = np.zeros((64, 64), bool)
+    other[disk((48, 48), 8)] = True
+    for mask in (ring, other):
+        probabilities[:, mask] = np.array([0.0, 1.0, 0.0], np.float32)[:, None]
+    labels = probabilities_to_instances(probabilities, EXACT)
+    assert labels.max() == 2
+    assert (labels[hole] == labels[20, 10]).all() and labels[20, 10] > 0
+    assert (labels > 0).sum() == (ring | hole | other).sum()
