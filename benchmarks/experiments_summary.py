@@ -26,7 +26,10 @@ def pretrain_minutes(init: str | None) -> str:
     if not record.is_file():
         return f"`{init}`"
     pretrain = json.loads(record.read_text())
-    return f"{pretrain['train_seconds'] / 60:.0f} min ({pretrain['steps']} steps, `{init}`)"
+    config = pretrain["config"]
+    stage = f"{pretrain['train_seconds'] / 60:.0f} min ({pretrain['steps']} steps at scale {config['input_scale']}, `{init}`)"
+    earlier = config.get("init")
+    return f"{pretrain_minutes(earlier)}, then {stage}" if earlier else stage
 
 
 def row(name: str, metrics: dict) -> list[str]:
