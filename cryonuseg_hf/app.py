@@ -13,8 +13,8 @@ call of the package's own functions, so the app has no inference path of its own
 serves that page. Gradio is an optional dependency (``pip install 'cryonuseg_hf[app]'``), imported inside the
 functions that need it.
 
-The thresholds of the warnings were measured on the 30 CryoNuSeg tiles (``tests/test_app.py`` measures them
-again and checks that no tile trips a warning).
+The thresholds of the warnings were measured on the 30 CryoNuSeg tiles, none of which trips a warning
+(``tests/test_app.py``).
 """
 
 from __future__ import annotations
@@ -32,25 +32,12 @@ from typing import Any
 import numpy as np
 
 from cryonuseg_hf import EXAMPLES_PATH
-from cryonuseg_hf.predict import MARGIN, TILE_SIZE
+from cryonuseg_hf.predict import MARGIN, TILE_SIZE, tissue_problem
 
 APP_MAX_PIXELS = 4096 * 4096
-"""Largest upload the app predicts (a CPU Space takes about a minute for it); the CLI raises it with --max-pixels."""
+"""Largest upload the app predicts: 169 windows of 512 px, at about 0.5 s each on two CPU cores (--max-pixels)."""
 MIN_SIDE = 2 * MARGIN
 """Below this side (px) an image holds few whole nuclei, each with less context than a tile's margin gives it."""
-TISSUE_MAX_LUMINANCE = 220
-"""A pixel whose mean of R, G, B is 220 or more is background (glass, white); 71 % (Human_ThyroidGland_02) to
-100 % of the pixels of each CryoNuSeg tile are below it."""
-TISSUE_MIN_CHROMA = 15
-"""A non-background pixel is stained when max - min of its R, G, B is above 15 (not grey); 67.5 %
-(Human_ThyroidGland_01) to 100 % of the pixels of each tile are stained tissue."""
-MIN_TISSUE_FRACTION = 0.25
-"""Warn below this fraction of non-background pixels, or of stained pixels."""
-MIN_MEAN_LUMINANCE = 60
-"""The darkest tile's mean of R, G, B is 89 (Human_Mediastinum_01); brightfield H&E is never near black."""
-MIN_MEDIAN_CHROMA = 5
-"""The least coloured tile's median max - min of R, G, B over its non-background pixels is 36
-(Human_ThyroidGland_01); a grey image has about 0."""
 NUCLEUS_MEDIAN_AREA_RANGE = (105.5, 331.0)
 """Smallest and largest per-tile median nucleus area (px) in Annotator 1 round 2 of the 30 tiles at 40x."""
 AREA_TOLERANCE = 2.0
@@ -66,14 +53,17 @@ _KEEP_REQUEST_SECONDS = 3600  # request folders older than this are removed when
 def input_warnings(image: np.ndarray) -> list[str]:
     """What about an image is not what the model was trained on (512x512 H&E frozen-section tiles at 40x).
 
+    Too small is judged here; black, blank, grey and unstained by :func:`cryonuseg_hf.predict.tissue_problem`,
+    the rule with which ``cryonuseg-hf predict`` refuses such images (the app predicts them, and warns).
+
     Args:
         image: (H, W, 3) uint8 RGB.
 
     Returns:
         one sentence per problem, empty for an image like the CryoNuSeg tiles.
 
-    >>> input_warnings(np.zeros((512, 512, 3), np.uint8))[0][:30]
-    'The image is almost black (mea'
+    >>> input_warnings(np.zeros((512, 512, 3), np.uint8))[0][:46]
+    'Not an H&E tissue image the model can read: al'
     >>> input_warnings(np.full((64, 64, 3), 255, np.uint8))[0][:29]
     'The image is only 64x64 pixel'
     """
@@ -84,32 +74,9 @@ def input_warnings(image: np.ndarray) -> list[str]:
             f"The image is only {width}x{height} pixels: below {MIN_SIDE} px a side it holds few whole nuclei "
             f"and little context around them (the model was trained on {TILE_SIZE}x{TILE_SIZE} tiles at 40x)."
         )
-    rgb = image.astype(np.int16)
-    luminance = rgb.mean(axis=2)
-    chroma = rgb.max(axis=2) - rgb.min(axis=2)
-    content = luminance < TISSUE_MAX_LUMINANCE
-    if luminance.mean() < MIN_MEAN_LUMINANCE:
-        warnings.append(
-            f"The image is almost black (mean brightness {luminance.mean():.0f} of 255; the darkest CryoNuSeg "
-            f"tile has 89): the model expects a brightfield H&E image, not a dark or fluorescence one."
-        )
-    elif content.mean() < MIN_TISSUE_FRACTION:
-        warnings.append(
-            f"The image is mostly blank: {100 * (1 - content.mean()):.0f} % of it is white background or glass "
-            "(at most 29 % in the CryoNuSeg tiles)."
-        )
-    elif np.median(chroma[content]) < MIN_MEDIAN_CHROMA:
-        warnings.append(
-            "The image has almost no colour: the model expects H&E staining (purple nuclei on pink tissue), "
-            "so nuclei found in a grey image are unreliable."
-        )
-    else:
-        tissue = (content & (chroma > TISSUE_MIN_CHROMA)).mean()
-        if tissue < MIN_TISSUE_FRACTION:
-            warnings.append(
-                f"Only {100 * tissue:.0f} % of the image looks like stained tissue (at least 67 % in every "
-                f"CryoNuSeg tile): is it an H&E section?"
-            )
+    problem = tissue_problem(image)
+    if problem:
+        warnings.append(f"Not an H&E tissue image the model can read: {problem}. Its nuclei are unreliable.")
     return warnings
 
 

@@ -30,17 +30,7 @@ import tifffile
 from PIL import Image
 
 from cryonuseg_hf import EXAMPLES_PATH, MODEL_PATH, PACKAGE_DIR
-from cryonuseg_hf.app import (
-    MIN_MEAN_LUMINANCE,
-    MIN_MEDIAN_CHROMA,
-    MIN_TISSUE_FRACTION,
-    NUCLEUS_MEDIAN_AREA_RANGE,
-    TISSUE_MAX_LUMINANCE,
-    TISSUE_MIN_CHROMA,
-    input_warnings,
-    output_stem,
-    result_warnings,
-)
+from cryonuseg_hf.app import NUCLEUS_MEDIAN_AREA_RANGE, input_warnings, output_stem, result_warnings
 
 SPACE = PACKAGE_DIR / "space"
 TILE = EXAMPLES_PATH / "Human_Skin_01.png"
@@ -54,27 +44,15 @@ needs_checkpoint = pytest.mark.skipif(
 # ------------------------------------------------------------------------------------------------- warnings
 
 
-def test_no_tile_of_the_dataset_trips_a_warning_and_the_quoted_figures_hold(release):
-    luminances, contents, chromas, tissues, median_areas = [], [], [], [], []
+def test_no_tile_of_the_dataset_trips_a_warning_and_the_area_range_holds(release):
+    median_areas = []
     for tile_id, path in sorted(release.images.items()):
-        image = tifffile.imread(path)[..., :3]
-        assert input_warnings(image) == [], tile_id
-        rgb = image.astype(np.int16)
-        luminance, chroma = rgb.mean(axis=2), rgb.max(axis=2) - rgb.min(axis=2)
-        content = luminance < TISSUE_MAX_LUMINANCE
-        luminances.append(luminance.mean())
-        contents.append(content.mean())
-        chromas.append(np.median(chroma[content]))
-        tissues.append((content & (chroma > TISSUE_MIN_CHROMA)).mean())
+        assert input_warnings(tifffile.imread(path)[..., :3]) == [], tile_id
         labels = tifffile.imread(release.markups["annotator1_round2"].variants["label_masks_modify"][tile_id])
         areas = np.bincount(labels.ravel().astype(np.int64))[1:]
-        median_areas.append(np.median(areas[areas > 0]))
-        assert result_warnings(areas[areas > 0]) == [], tile_id
-    # the figures the module's docstrings and messages quote
-    assert round(min(luminances)) == 89 and min(luminances) > MIN_MEAN_LUMINANCE
-    assert round(min(contents), 2) == 0.71 and min(contents) > MIN_TISSUE_FRACTION
-    assert min(chromas) == 36 and min(chromas) > MIN_MEDIAN_CHROMA
-    assert round(min(tissues), 3) == 0.675 and min(tissues) > MIN_TISSUE_FRACTION
+        areas = areas[areas > 0]
+        assert result_warnings(areas) == [], tile_id
+        median_areas.append(np.median(areas))
     assert (min(median_areas), max(median_areas)) == NUCLEUS_MEDIAN_AREA_RANGE
 
 
@@ -86,9 +64,9 @@ def test_warnings_name_the_problem():
     glass = np.full((512, 512, 3), 235, np.uint8)
     glass[:100, :100] = tile[:100, :100]
     cases = {
-        "black": (np.zeros((512, 512, 3), np.uint8), "almost black"),
-        "grey": (grey, "almost no colour"),
-        "glass": (glass, "mostly blank: 9"),  # 96 % glass, plus the white in the patch
+        "black": (np.zeros((512, 512, 3), np.uint8), "can read: almost black"),
+        "grey": (grey, "can read: grey"),
+        "glass": (glass, "can read: blank: 9"),  # 96 % glass, plus the white in the patch
         "small": (tile[:100, :300], "only 300x100 pixels"),
     }
     for name, (image, message) in cases.items():
@@ -120,12 +98,23 @@ def test_output_stem_is_safe():
 # ------------------------------------------------------------------------------------------------- analysis
 
 
+@pytest.fixture(scope="module")
+def predictor():
+    """The shipped checkpoint as the app loads it on the CPU (onnxruntime, one thread here and in the server).
+
+    Loading it here first exports it to ONNX in this session's cache, which the app's subprocess then reads
+    instead of exporting it again.
+    """
+    from cryonuseg_hf.predict import load_predictor
+
+    return load_predictor(device="cpu", threads=1)
+
+
 @needs_checkpoint
-def test_analyse_is_predict_instances_and_write_outputs(tmp_path):
+def test_analyse_is_predict_instances_and_write_outputs(predictor, tmp_path):
     """A 512x640 image (an example tile and a strip of the other) is tiled, and the app's labels are the API's."""
     from cryonuseg_hf import predict_instances
     from cryonuseg_hf.app import analyse
-    from cryonuseg_hf.predict import load_predictor
 
     tiles = [
         np.asarray(Image.open(EXAMPLES_PATH / f"{t}.png").convert("RGB"))
@@ -133,7 +122,6 @@ def test_analyse_is_predict_instances_and_write_outputs(tmp_path):
     ]
     wide = tmp_path / "two tiles.png"
     Image.fromarray(np.concatenate([tiles[0], tiles[1][:, :128]], axis=1)).save(wide)
-    predictor = load_predictor(device="cpu", threads=1)
     analysis = analyse(wide, predictor, tmp_path)
     expected = predict_instances(str(wide), predictor)
     assert np.array_equal(analysis.labels, expected)
@@ -229,7 +217,7 @@ def _serving(command: list[str], url: str, log: Path, cwd: Path | None = None, e
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def app_url(tmp_path_factory, predictor):
     """``cryonuseg-hf app`` serving on 127.0.0.1 in a subprocess, stopped after the module's tests."""
     pytest.importorskip("gradio", reason="the app needs Gradio: pip install -e '.[app]'")
     port = _free_port()
@@ -240,7 +228,7 @@ def app_url(tmp_path_factory):
 
 
 @needs_checkpoint
-def test_space_folder_serves_the_app_as_a_space_starts_it(tmp_path):
+def test_space_folder_serves_the_app_as_a_space_starts_it(predictor, tmp_path):  # predictor: ONNX cached
     """The Space folder with the package copied beside app.py (as hub-export lays it out) serves the page."""
     pytest.importorskip("gradio", reason="the app needs Gradio: pip install -e '.[app]'")
     space = tmp_path / "space"
@@ -296,16 +284,15 @@ def _save_screenshot(png: bytes, tmp_path: Path) -> Path:
 
 
 @needs_checkpoint
-def test_browser_upload_count_downloads_and_warning(app_url, browser, tmp_path):
+def test_browser_upload_count_downloads_and_warning(app_url, browser, predictor, tmp_path):
     from cryonuseg_hf import predict_instances
     from cryonuseg_hf.export import write_overlay
     from cryonuseg_hf.metrics import score_tile
-    from cryonuseg_hf.predict import load_predictor, read_image
+    from cryonuseg_hf.predict import read_image
     from cryonuseg_hf.rois import read_roi_set
     from cryonuseg_hf.score import read_geojson, read_roiset
 
-    # the server runs onnxruntime with one thread; so does this reference
-    expected = predict_instances(TILE, load_predictor(device="cpu", threads=1))
+    expected = predict_instances(TILE, predictor)
     n_expected = len(np.unique(expected)) - 1
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
@@ -327,7 +314,8 @@ def test_browser_upload_count_downloads_and_warning(app_url, browser, tmp_path):
     shown = np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
     reference = tmp_path / "reference_overlay.png"
     write_overlay(reference, read_image(TILE), expected)
-    assert np.array_equal(shown, np.asarray(Image.open(reference).convert("RGB")))
+    differ = (shown != np.asarray(Image.open(reference).convert("RGB"))).any(axis=2)
+    assert not differ.any(), f"{differ.sum()} pixels of the overlay shown differ from the package's ({src})"
     assert (shown != read_image(TILE)).any(axis=2).sum() > 20 * count  # outlines drawn on the tile
 
     downloads = {}
