@@ -318,3 +318,41 @@ def test_model_folder_without_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     result = _predict(tmp_path / "x.png", "-o", tmp_path / "out", "--model", tmp_path / "empty")
     assert_user_error(result, f"{tmp_path / 'empty'}: not a saved SegFormer checkpoint")
+
+
+def test_float_tiff_is_refused(tile, tmp_path):
+    """A float32 TIFF (0..1 or 0..255?): refused as ambiguous, naming the file and what to give."""
+    from cryonuseg_hf.predict import read_image
+
+    path = tmp_path / "float.tif"
+    path.write_bytes(tiff_bytes(tile.astype(np.float32) / 255, photometric="rgb"))
+    with pytest.raises(ValueError, match=f"{path}: pixel type float32 is not supported; give uint8"):
+        read_image(path)
+
+
+def test_stack_tiff_is_refused(tile, tmp_path):
+    """A TIFF holding a stack of 3 planes: refused, saying to save one RGB plane per file."""
+    from cryonuseg_hf.predict import read_image
+
+    path = tmp_path / "stack.tif"
+    path.write_bytes(tiff_bytes(np.stack([tile] * 3), photometric="rgb"))
+    with pytest.raises(ValueError, match=f"{path}: TIFF holds a stack .*save one RGB plane per file"):
+        read_image(path)
+
+
+def test_sixteen_bit_tiff_is_scaled(tile, tmp_path):
+    """A 16-bit RGB TIFF of a real tile: scaled to the same 8-bit tile (handled, not refused)."""
+    from cryonuseg_hf.predict import read_image
+
+    path = tmp_path / "deep.tif"
+    path.write_bytes(tiff_bytes(tile.astype(np.uint16) * 257, photometric="rgb"))
+    assert np.array_equal(read_image(path), tile)
+
+
+def test_image_larger_than_max_pixels(tile, tmp_path):
+    """--max-pixels below the image size: refused from the header, naming the limit and how to raise it."""
+    path = tmp_path / "tile.png"
+    path.write_bytes(png_bytes(tile))
+    result = _predict(path, "-o", tmp_path / "out", "--max-pixels", "1000")
+    assert_user_error(result, "larger than the limit of 1000 pixels", "--max-pixels", code=1)
+    assert tree_state(tmp_path / "out") == {}

@@ -195,3 +195,10 @@ def test_load_dataset_unknown_split(one_config_build):
 
     with pytest.raises(ValueError, match="fold_0"):
         load_dataset(str(one_config_build), "annotator2", split="fold_0")
+
+
+def test_metric_shape_mismatch(metric, label_pair):
+    """A prediction of another size than its reference: refused naming both shapes."""
+    reference, prediction = label_pair
+    with pytest.raises(ValueError, match=r"\(96, 96\).*\(64, 64\)|\(64, 64\).*\(96, 96\)"):
+        metric.compute(predictions=[prediction[:64, :64]], references=[reference])
