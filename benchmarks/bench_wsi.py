@@ -1,6 +1,6 @@
 """Whole-slide prediction: throughput per tissue area and peak memory, on slides of two sizes with the same tissue.
 
-Each slide is a pyramidal TIFF (levels 1:1, 1:4, 1:16, 1:64, zlib, 0.2485 µm/px) written tile by tile from a
+Each slide is a pyramidal TIFF (levels 1:1, 1:4, 1:16, 1:64, zlib, the model's µm/px) written tile by tile from a
 virtual image: white glass with real CryoNuSeg tiles side by side (one piece of tissue), so the tissue is real H&E and the
 glass is what tissue detection must skip. The small slide is 8192 x 8192 px; the large one has the size of the
 median TCGA slide of ``Selected_WSIs.xlsx``. Each is predicted by ``cryonuseg-hf predict`` in a child process

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_predict import _local_nuclei
 
-MPP = 0.2485
+MPP = 0.2485  # a TCGA slide's (Human_AdrenalGland_01's); the model's is the median, 0.2505
 SPOTS = {  # tile -> (row, col) of its top-left corner at level 0
     "Human_Skin_01": (0, 512),
     "Human_Larynx_02": (0, 1024),
@@ -131,7 +131,7 @@ def test_roi_keeps_the_nuclei_centred_inside(slide, mosaic, whole, tmp_path):
 def test_level_closest_to_the_model_and_level0_coordinates(mosaic, tmp_path):
     """An 80x slide (0.124 um/px): the model reads level 1 (1:2, the tiles' own pixels) as it is."""
     from cryonuseg_hf.tiling import predict_tiled
-    from cryonuseg_hf.wsi import open_slide, predict_slide, write_pyramid
+    from cryonuseg_hf.wsi import MODEL_MPP, open_slide, predict_slide, read_model_region, write_pyramid
 
     part = mosaic[:512, 512:1536]
     fine = np.repeat(np.repeat(part, 2, axis=0), 2, axis=1)
@@ -146,10 +146,13 @@ def test_level_closest_to_the_model_and_level0_coordinates(mosaic, tmp_path):
     assert len(got) > 50
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
-    # a 20x slide (0.497 um/px) is upsampled 2x to the model's pixel size
+    # a 20x slide (0.497 um/px) is upsampled about 2x to the model's pixel size
     coarse = write_pyramid(tmp_path / "x20.tif", part[::2, ::2], MPP * 2, steps=(1, 4))
     slide = open_slide(coarse)
-    assert slide.level == 0 and slide.scale == pytest.approx(2.0) and slide.shape == (512, 1024)
+    scale = MPP * 2 / MODEL_MPP
+    assert slide.level == 0 and slide.scale == pytest.approx(scale)
+    assert slide.shape == (round(256 * scale), round(512 * scale))
+    assert read_model_region(slide, slice(0, 100), slice(0, 50)).shape == (100, 50, 3)
     # --mpp overrides the metadata: told it is 40x, the same file is read as it is
     assert open_slide(coarse, mpp=MPP).scale == 1.0
 
@@ -242,3 +245,16 @@ def test_shipped_model_on_a_slide_equals_the_image(release, tmp_path):
     labels = tifffile.imread(tmp_path / "out/larynx_labels.tif").astype(np.int32)
     expected = cryonuseg_hf.predict_instances(image, predictor)
     assert summary["nuclei"] > 50 and score_tile(expected, labels)["pq"] >= 0.99
+
+
+def test_model_mpp_is_the_median_of_the_slide_sheet_and_examples_hold(release):
+    import doctest
+    import statistics
+
+    import cryonuseg_hf.wsi
+    from cryonuseg_hf.metadata import read_slide_metadata
+
+    sheet = read_slide_metadata(release.root / "metadata" / "Selected_WSIs.xlsx")
+    values = [r["microns_per_pixel"] for r in sheet.values() if r["microns_per_pixel"]]
+    assert cryonuseg_hf.wsi.MODEL_MPP == statistics.median(values)
+    assert doctest.testmod(cryonuseg_hf.wsi).failed == 0
