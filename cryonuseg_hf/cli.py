@@ -491,7 +491,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     ensure_writable_folder(args.output)
     roi = parse_roi(args.roi) if args.roi else None
-    predictor = _load_model(load_predictor, args)
+    predictor = load_predictor(args.model, device=args.device, backend=args.backend, threads=args.threads)
     slides = [path for path in args.images if is_slide(path)]
     images = [path for path in args.images if path not in slides]
     written, failures = {}, {}
@@ -599,35 +599,6 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"vs {reference}: {values}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def _load_model(load_predictor, args: argparse.Namespace):
-    """``load_predictor`` for ``--model``, with any failure to read the checkpoint naming its file."""
-    import json
-
-    from cryonuseg_hf import MODEL_PATH
-
-    folder = args.model if args.model is not None else MODEL_PATH
-    try:
-        return load_predictor(args.model, device=args.device, backend=args.backend, threads=args.threads)
-    except (FileNotFoundError, PermissionError):
-        raise
-    except Exception as error:  # transformers, safetensors and json raise many types for a damaged checkpoint
-        if str(folder) in str(error):
-            raise
-        culprit = folder / "model.safetensors"
-        for name in ("config.json", "preprocessor_config.json"):
-            try:
-                json.loads((folder / name).read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                continue
-            except ValueError:
-                culprit = folder / name
-                break
-        raise ValueError(
-            f"{culprit}: cannot load the checkpoint ({type(error).__name__}: {error}); the file is damaged: "
-            "save or copy the checkpoint again, or pass another --model"
-        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:

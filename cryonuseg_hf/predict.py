@@ -500,7 +500,31 @@ def load_predictor(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = _checkpoint_path(model).resolve()
-    return _load_predictor(path, _resolve_device(device), backend, threads)
+    try:
+        return _load_predictor(path, _resolve_device(device), backend, threads)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as error:  # transformers, safetensors and json raise many types for a damaged checkpoint
+        if str(path) in str(error):
+            raise
+        raise ValueError(
+            f"{_damaged_file(path)}: cannot load the checkpoint ({type(error).__name__}: {error}); the file is "
+            "damaged: save or copy the checkpoint again, or pass another --model"
+        ) from None
+
+
+def _damaged_file(folder: Path) -> Path:
+    """The file of a checkpoint that failed to load: a JSON file that does not parse, else the weights."""
+    import json
+
+    for name in ("config.json", "preprocessor_config.json"):
+        try:
+            json.loads((folder / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            return folder / name
+    return folder / "model.safetensors"
 
 
 def open_predictor(path: Path, device: str, backend: str, threads: int | None) -> Predictor:

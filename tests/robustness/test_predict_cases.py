@@ -304,6 +304,16 @@ def test_truncated_safetensors(tile, tmp_path):
     assert_user_error(result, f"{model / 'model.safetensors'}: cannot load the checkpoint", "--model")
 
 
+def test_demo_with_truncated_safetensors(tmp_path):
+    """demo --model with a damaged checkpoint: the same clear error as predict (the library names the file)."""
+    model = copy_checkpoint(tmp_path / "model")
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[: len(data) // 2])
+    result = run_cli("demo", "--out", tmp_path / "out", "--model", model, "--backend", "torch")
+    assert_user_error(result, f"{model / 'model.safetensors'}: cannot load the checkpoint", "--model")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_corrupt_config_json(tile, tmp_path):
     """A checkpoint whose config.json is not JSON: exit 2, config.json named (was: parser text only)."""
     model = copy_checkpoint(tmp_path / "model")
