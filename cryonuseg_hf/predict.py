@@ -505,7 +505,9 @@ def load_predictor(
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as error:  # transformers, safetensors and json raise many types for a damaged checkpoint
-        if str(path) in str(error):
+        from cryonuseg_hf.onnx_backend import OnnxMismatchError
+
+        if isinstance(error, OnnxMismatchError) or str(path) in str(error):  # already says what is wrong
             raise
         raise ValueError(
             f"{_damaged_file(path)}: cannot load the checkpoint ({type(error).__name__}: {error}); the file is "
