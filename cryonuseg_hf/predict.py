@@ -500,8 +500,9 @@ def load_predictor(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = _checkpoint_path(model).resolve()
+    device = _resolve_device(device)
     try:
-        return _load_predictor(path, _resolve_device(device), backend, threads)
+        return _load_predictor(path, device, backend, threads)
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as error:  # transformers, safetensors and json raise many types for a damaged checkpoint

@@ -366,3 +366,15 @@ def test_image_larger_than_max_pixels(tile, tmp_path):
     result = _predict(path, "-o", tmp_path / "out", "--max-pixels", "1000")
     assert_user_error(result, "larger than the limit of 1000 pixels", "--max-pixels", code=1)
     assert tree_state(tmp_path / "out") == {}
+
+
+def test_cuda_without_a_gpu_is_not_called_a_damaged_checkpoint(tile, tmp_path):
+    """--device cuda on a machine without a GPU: the device is named, not the (healthy) checkpoint."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    (tmp_path / "tile.png").write_bytes(png_bytes(tile))
+    result = run_cli("predict", tmp_path / "tile.png", "-o", tmp_path / "out", "--device", "cuda")
+    assert_user_error(result, "torch sees no CUDA GPU", "--device cpu")
+    assert "damaged" not in result.err
