@@ -5,14 +5,6 @@ inside the ``evaluate`` module's folder, so that the folder is complete on its o
 (where ``cryonuseg_hf`` is not installed): one source for the package, the ``evaluate`` module and the Hub. The
 definitions and the choices where HoVer-Net's code has quirks are in that file's docstring and in the metric card
 (``nuclei_instance_metric/README.md``).
-
->>> import numpy as np
->>> truth = np.array([[1, 1, 0, 2, 2]])
->>> scores = score_tile(truth, np.array([[5, 5, 0, 0, 0]]))
->>> scores["dice"], scores["aji"], scores["pq"]
-(0.6666666666666666, 0.5, 0.6666666666666666)
->>> score_tile(np.zeros((2, 2), int), np.zeros((2, 2), int))["aji"]
-1.0
 """
 
 from __future__ import annotations

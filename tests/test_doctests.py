@@ -16,7 +16,7 @@ MODULES = [
         "mask_report",
         "masks",
         "metadata",
-        "metrics",
+        "nuclei_instance_metric.nuclei_metrics",
         "postprocess",
         "predict",
         "targets",
