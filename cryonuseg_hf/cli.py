@@ -606,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
-    except (OSError, ValueError) as error:  # OSError: missing, unreadable or unwritable paths
+    # OSError: missing, unreadable or unwritable paths; FloatingPointError: a training run that diverged
+    except (OSError, ValueError, FloatingPointError) as error:
         print(f"cryonuseg-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
 

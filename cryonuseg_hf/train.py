@@ -84,6 +84,9 @@ class TrainConfig:
     """Seconds between resumable training states (with ``state_path``)."""
 
 
+MAX_NONFINITE_IN_A_ROW = 20
+"""Training steps in a row whose gradient may be inf/NaN (each one skipped) before a run counts as diverged."""
+
 INT_MINIMUMS: dict[str, int] = {
     "first_stride": 1,
     "boundary_width": 1,
@@ -398,7 +401,7 @@ def fit_segformer(
         amp = torch.autocast("cuda", dtype=torch.bfloat16)
     else:
         amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16)
-    total, losses, step, elapsed = config.steps, [], 0, 0.0
+    total, losses, step, elapsed, skipped = config.steps, [], 0, 0.0, 0
     state_path = Path(state_path) if state_path is not None else None
     if state_path is not None and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=False)
@@ -411,6 +414,7 @@ def fit_segformer(
         torch.set_rng_state(state["torch_rng"].cpu())  # stochastic depth draws from the global generator
         total, step, elapsed = state["total"], state["step"], state["elapsed"]
         losses = [torch.tensor(v) for v in state["losses"]]
+        skipped = state.get("skipped", 0)
         logger.info("%s: resumed from %s at step %d/%d", name, state_path, step, total)
 
     def save_state() -> None:
@@ -418,7 +422,7 @@ def fit_segformer(
             "config": asdict(config), "stream": stream, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "total": total, "step": step,
-            "elapsed": elapsed + time.perf_counter() - start, "losses": [float(v) for v in losses],
+            "elapsed": elapsed + time.perf_counter() - start, "losses": [float(v) for v in losses], "skipped": skipped,
         }  # fmt: skip
         state_path.parent.mkdir(parents=True, exist_ok=True)
         partial = state_path.with_name(state_path.name + ".partial")
@@ -426,7 +430,7 @@ def fit_segformer(
         partial.replace(state_path)
 
     start = last_save = time.perf_counter()
-    resumed_at = step
+    resumed_at, bad_in_a_row = step, 0
     while step < total:
         lr_scale = min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
         for group in optimizer.param_groups:
@@ -440,10 +444,20 @@ def fit_segformer(
             loss = loss_fn(model(pixel_values=x).logits, y, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.detach())  # no float() here: that would wait for the GPU every step
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         step += 1
+        if torch.isfinite(norm):  # waits for the GPU, which a launch-bound loop costs little
+            optimizer.step()
+            losses.append(loss.detach())
+            bad_in_a_row = 0
+        else:  # an overflow under bf16 autocast: skip the update rather than write NaN into the weights
+            skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
+            if bad_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise FloatingPointError(
+                    f"{name}: the run diverged: steps {step - bad_in_a_row + 1}-{step} all had a non-finite loss "
+                    f"or gradient (loss {float(loss)}) and were skipped. Lower --lr (now {config.lr}) or raise "
+                    f"--warmup, and remove {state_path or 'the saved training state'} to start afresh"
+                )
         timed = step - resumed_at  # steps run by this process: the budget is timed on steps 10-30 of it
         if config.max_seconds and timed in (10, 30):
             if device.startswith("cuda"):
@@ -459,7 +473,7 @@ def fit_segformer(
                 name,
                 step,
                 total,
-                float(torch.stack(losses[-config.log_every :]).mean()),
+                float(torch.stack(losses[-config.log_every :]).mean()) if losses else float("nan"),
                 elapsed + time.perf_counter() - start,
             )
         if state_path is not None and (time.perf_counter() - last_save > config.save_every or step == total):
@@ -478,6 +492,7 @@ def fit_segformer(
             for i in range(0, step, config.log_every)
         ],
         "device": device,
+        "skipped_steps": skipped,
     }
     return model.eval(), record
 

@@ -200,3 +200,39 @@ def test_first_stride_is_a_stock_config_field(tmp_path):
     assert loaded.config.strides == [2, 2, 2, 2]
     with pytest.raises(ValueError, match="first_stride"):
         build_model("tiny", first_stride=3)
+
+
+
+def _nan_loss_on(calls: set[int] | None, monkeypatch, first_bad: int = 0):
+    """Make the loss NaN on the given training steps (1-based), or on every step from ``first_bad`` on."""
+    count = {"n": 0}
+    real_loss = train_module.loss_fn
+
+    def loss_fn(logits, target, config):
+        count["n"] += 1
+        loss = real_loss(logits, target, config)
+        bad = count["n"] in calls if calls is not None else count["n"] >= first_bad
+        return loss * float("nan") if bad else loss
+
+    monkeypatch.setattr(train_module, "loss_fn", loss_fn)
+
+
+def test_a_nonfinite_step_is_skipped(tiles, monkeypatch):
+    # a bf16 overflow made one GPU pretraining run NaN for good: such a step is now skipped and counted
+    _nan_loss_on({3}, monkeypatch)
+    model, record = train_model(TrainConfig(**TINY, steps=8, log_every=4), tiles, fold=0, progress=False)
+    assert record["steps"] == 8 and record["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_diverged_training_stops_with_a_clear_error(tiles, monkeypatch, tmp_path):
+    _nan_loss_on(None, monkeypatch, first_bad=7)
+    monkeypatch.setattr(train_module, "MAX_NONFINITE_IN_A_ROW", 5)
+    config = TrainConfig(**TINY, steps=40, log_every=4, save_every=0.0)
+    state = tmp_path / "fold.state.pt"
+    with pytest.raises(FloatingPointError, match=r"diverged: steps 7-11 .*Lower --lr") as error:
+        train_model(config, tiles, fold=0, progress=False, state_path=state)
+    assert str(state) in str(error.value)
+    saved = torch.load(state, weights_only=False)  # the last state saved holds weights, not NaN
+    assert saved["step"] == 10 and saved["skipped"] == 4
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
