@@ -1,7 +1,7 @@
 """Build CryoNuSeg with its ``datasets`` builder: the runnable entry point, nothing more.
 
 datasets 5 no longer runs loading scripts, so this file does not define the dataset: the builder lives in
-:mod:`cryonuseg_hf.builder` (``CryoNuSeg``, one config per mark-up) and is only imported and run here.
+:mod:`cryonuseg_hf.data.builder` (``CryoNuSeg``, one config per mark-up) and is only imported and run here.
 
     python loading_script.py --source <release folder or zip> --out cryonuseg
     python loading_script.py --config annotator2 --source <release> --prepare-into <folder>
@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cryonuseg_hf.builder import CryoNuSeg
 from cryonuseg_hf.cli import main as cli_main
-from cryonuseg_hf.release import MARKUPS
+from cryonuseg_hf.data.builder import CryoNuSeg
+from cryonuseg_hf.data.release import MARKUPS
 
 
 def main(argv: list[str] | None = None) -> int:

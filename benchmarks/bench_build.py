@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/bench_build.py [--source RELEASE] [--out results] [--repeats 3]``; writes
 ``results/build_timings.json`` and ``results/build_timings.md``. Each repeat, in this process:
 
-- ``build``: ``cryonuseg_hf.builder.build`` of all three configs from the raw release folder into a fresh temporary
+- ``build``: ``cryonuseg_hf.reports.dataset_build.build`` of all three configs from the raw release folder into a fresh temporary
   folder, with its per-stage times (opening the release, encoding the 30 tiles, each mark-up, the human agreement,
   the card);
 - ``build_from_zip`` (once): the same from a store-only zip of the release, extraction included;
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     import PIL
     import pyarrow
 
-    from cryonuseg_hf.agreement import machine_description
-    from cryonuseg_hf.builder import build
-    from cryonuseg_hf.release import default_source
+    from cryonuseg_hf.core.machine import machine_description
+    from cryonuseg_hf.data.release import default_source
+    from cryonuseg_hf.reports.dataset_build import build
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

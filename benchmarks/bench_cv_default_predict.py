@@ -27,10 +27,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from cryonuseg_hf.agreement import machine_description
-    from cryonuseg_hf.folds import N_FOLDS, TILE_IDS, tiles_of_fold
-    from cryonuseg_hf.predict import load_predictor, predict_instances
-    from cryonuseg_hf.train import load_tiles, read_predictions, score_predictions
+    from cryonuseg_hf.core.folds import N_FOLDS, TILE_IDS, tiles_of_fold
+    from cryonuseg_hf.core.machine import machine_description
+    from cryonuseg_hf.model.predict import load_predictor, predict_instances
+    from cryonuseg_hf.training.cv import read_predictions, score_predictions
+    from cryonuseg_hf.training.data import load_tiles
 
     tiles = load_tiles(None)
     predictions, seconds = {}, []

@@ -31,10 +31,10 @@ def _best(function, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cryonuseg_hf.mask_report import machine_description
-    from cryonuseg_hf.masks import instance_masks, mask_variants, nuclei_borders
-    from cryonuseg_hf.release import default_source, open_release
-    from cryonuseg_hf.rois import read_roi_set
+    from cryonuseg_hf.core.machine import machine_description
+    from cryonuseg_hf.data.masks import instance_masks, mask_variants, nuclei_borders
+    from cryonuseg_hf.data.release import default_source, open_release
+    from cryonuseg_hf.data.rois import read_roi_set
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=None)

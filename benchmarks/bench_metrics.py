@@ -1,4 +1,4 @@
-"""Speed of ``cryonuseg_hf.metrics`` against a straightforward per-nucleus implementation of the same definitions.
+"""Speed of ``cryonuseg_hf.evaluation.metrics`` against a straightforward per-nucleus implementation of the same definitions.
 
 Run: ``.venv/bin/python benchmarks/bench_metrics.py [--source RELEASE] [--out results]``; writes
 ``results/metric_speed.json``. On each of the 30 real tile pairs (Annotator 1 round 1 as reference, Annotator 2 as
@@ -33,12 +33,12 @@ def _safe_ratio(numerator: float, denominator: float) -> float:
 
 
 def reference_score_tile(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
-    """The eight metrics of ``cryonuseg_hf.metrics``, computed nucleus by nucleus from their definitions."""
+    """The eight metrics of ``cryonuseg_hf.evaluation.metrics``, computed nucleus by nucleus from their definitions."""
     from scipy.optimize import linear_sum_assignment
 
     truth = np.asarray(truth)
     prediction = np.asarray(prediction)
-    # Nuclei in raster order of their first pixel: the tie-breaking order of cryonuseg_hf.metrics.
+    # Nuclei in raster order of their first pixel: the tie-breaking order of cryonuseg_hf.evaluation.metrics.
     first_pixel = lambda labels, i: int(np.argmax(labels.reshape(-1) == i))  # noqa: E731
     true_ids = sorted((int(i) for i in np.unique(truth) if i != 0), key=lambda i: first_pixel(truth, i))
     pred_ids = sorted(
@@ -119,7 +119,7 @@ def real_tile_pairs(
     """(tile ids, reference label images, predicted label images) from two mark-ups' ``label masks modify``."""
     import tifffile
 
-    from cryonuseg_hf.release import default_source, open_release
+    from cryonuseg_hf.data.release import default_source, open_release
 
     release = open_release(source if source is not None else default_source())
     tiles = release.tile_ids
@@ -162,7 +162,7 @@ def run(source: Path | None, repeats: int = 15) -> dict[str, object]:
     import evaluate
 
     from cryonuseg_hf import METRIC_PATH
-    from cryonuseg_hf.metrics import METRICS, score, score_tile
+    from cryonuseg_hf.evaluation.metrics import METRICS, score, score_tile
 
     before = machine()
     tiles, references, predictions = real_tile_pairs(source)

@@ -17,7 +17,7 @@ peer our SegFormer must beat. This script
    a resized tile is shrunk with an anti-aliased bilinear resize, each channel of the model input is normalised
    to its own 0.1..99.9 percentiles (eps 1e-6, as rdf.yaml says), and the predicted labels are resized back to
    512x512 with nearest neighbour (no anti-aliasing);
-3. scores each setting with ``cryonuseg_hf.metrics.score`` against all three mark-ups (``label masks modify``);
+3. scores each setting with ``cryonuseg_hf.evaluation.metrics.score`` against all three mark-ups (``label masks modify``);
 4. times it on the CPU with 2 threads (``--threads``): seconds per tile, model only and end to end (image in, 512x512 labels out).
    The settings take turns tile by tile, so a load change on a shared machine hits all three alike.
 
@@ -154,7 +154,7 @@ def run_model(model, image: np.ndarray) -> np.ndarray:
 
 def check_test_pair(model, model_dir: Path) -> dict[str, Any]:
     """Run the bioimage.io test input (normalised first when it is raw) and compare with the test output."""
-    from cryonuseg_hf.metrics import score_tile
+    from cryonuseg_hf.evaluation.metrics import score_tile
 
     raw = np.load(model_dir / "test-input.npy")
     expected = np.load(model_dir / "test-output_instance_segmentation.npy")[0, 0]
@@ -184,8 +184,8 @@ def check_test_pair(model, model_dir: Path) -> dict[str, Any]:
 
 def tile_scales(tile_ids: list[str]) -> dict[str, dict[str, Any]]:
     """µm/px per tile from the slide sheet; a tile without one gets the median of the others (noted)."""
-    from cryonuseg_hf.metadata import read_slide_metadata
-    from cryonuseg_hf.release import default_source, open_release
+    from cryonuseg_hf.data.metadata import read_slide_metadata
+    from cryonuseg_hf.data.release import default_source, open_release
 
     meta = read_slide_metadata(open_release(default_source()).metadata_xlsx)
     known = [meta[t]["microns_per_pixel"] for t in tile_ids if meta[t]["microns_per_pixel"] is not None]
@@ -286,8 +286,8 @@ def timing_summary(runs: list[dict]) -> dict[str, float]:
 
 def score_setting(predictions: list[np.ndarray], tiles: dict[str, Any]) -> dict[str, Any]:
     """Scores against every mark-up; ``per_fold`` is left out because fold k is organ k (same as ``per_organ``)."""
-    from cryonuseg_hf.folds import fold_of, organ_of
-    from cryonuseg_hf.metrics import score
+    from cryonuseg_hf.core.folds import fold_of, organ_of
+    from cryonuseg_hf.evaluation.metrics import score
 
     ids = list(tiles["tile_ids"])
     references = {markup: list(masks) for markup, masks in tiles["masks"].items()}
@@ -338,7 +338,7 @@ def means_table(report: dict[str, Any], human: dict[str, Any] | None) -> list[st
 
 
 def organ_table(report: dict[str, Any], human: dict[str, Any] | None) -> list[str]:
-    from cryonuseg_hf.folds import ORGANS
+    from cryonuseg_hf.core.folds import ORGANS
 
     columns = [(s, report["scores"][s][REFERENCE]["per_organ"]) for s in SETTINGS]
     if human is not None:
@@ -377,7 +377,7 @@ def markdown(report: dict[str, Any], human: dict[str, Any] | None) -> str:
         f"torch {report['versions']['torch']}, {report['threads']} threads. InstanSeg `{peer['name']}` "
         f"v{peer['version']} ({peer['license']}; trained on "
         f"{', '.join(d['name'] for d in peer['training_data'])}), TorchScript from `{peer['folder']}`, run on all "
-        f"30 tiles and scored with `cryonuseg_hf.metrics.score` against each mark-up's `label masks modify` "
+        f"30 tiles and scored with `cryonuseg_hf.evaluation.metrics.score` against each mark-up's `label masks modify` "
         "masks; every value is the mean over the 30 tiles of the per-tile value. No tuning, no test-time "
         "augmentation; the model is a yardstick and was not trained on CryoNuSeg.",
         "",
@@ -433,8 +433,8 @@ def versions() -> dict[str, str]:
 
 
 def build_report(args, model_dir: Path, tiles: dict[str, Any], scales: dict[str, dict], model) -> dict:
-    from cryonuseg_hf.agreement import machine_description
-    from cryonuseg_hf.release import MARKUPS
+    from cryonuseg_hf.core.machine import machine_description
+    from cryonuseg_hf.data.release import MARKUPS
 
     command = ".venv/bin/python benchmarks/bench_peers.py" + "".join(f" {a}" for a in (args.argv or []))
     mpps = [s["microns_per_pixel"] for s in scales.values()]
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cryonuseg_hf.train import load_tiles
+    from cryonuseg_hf.training.data import load_tiles
 
     torch.set_num_threads(args.threads)
     model_dir = (args.model or default_model_dir()).resolve()

@@ -1,7 +1,7 @@
 """Prediction speed on the CPU: one real 512x512 CryoNuSeg tile end to end, and large images in tiles.
 
 End to end means decoded RGB array in, instance label image out: model, post-processing and labels. Side by side,
-in one run, on one checkpoint, with the same post-processing (``cryonuseg_hf.postprocess``):
+in one run, on one checkpoint, with the same post-processing (``cryonuseg_hf.model.postprocess``):
 
 - ``stock_pipeline``: ``transformers.pipeline("image-segmentation")`` (its own image processor, which resizes
   to the checkpoint's ``512 * input_scale``) followed by ``predict.instances_from_pipeline``;
@@ -51,8 +51,8 @@ def cpu_model() -> str:
 
 
 def real_tiles() -> list[np.ndarray]:
-    from cryonuseg_hf.predict import read_image
-    from cryonuseg_hf.release import default_source, open_release
+    from cryonuseg_hf.data.release import default_source, open_release
+    from cryonuseg_hf.model.images import read_image
 
     release = open_release(default_source())
     return [read_image(release.images[t]) for t in TILES]
@@ -101,7 +101,7 @@ def dark_blobs(window: np.ndarray) -> np.ndarray:
 def model_description(path: Path) -> dict:
     config = json.loads((path / "config.json").read_text())
     from cryonuseg_hf import MODEL_PATH
-    from cryonuseg_hf.onnx_backend import checkpoint_hash
+    from cryonuseg_hf.model.onnx_backend import checkpoint_hash
 
     return {
         "path": str(path),
@@ -119,8 +119,8 @@ def bench_tile(model: Path, threads: int, repeats: int) -> dict:
     from PIL import Image
     from transformers import pipeline
 
-    from cryonuseg_hf.postprocess import probabilities_to_instances
-    from cryonuseg_hf.predict import instances_from_pipeline, load_predictor, predict_instances
+    from cryonuseg_hf.model.postprocess import probabilities_to_instances
+    from cryonuseg_hf.model.predict import instances_from_pipeline, load_predictor, predict_instances
 
     torch.set_num_threads(threads)
     tile = real_tiles()[0]
@@ -165,9 +165,10 @@ def bench_agreement(model: Path, threads: int) -> dict:
     model's: the same tile predicted alone and inside the mosaic, the tile shifted by 1 and by 32 pixels and by one
     step of the model's sampling grid (``predict.grid_step``: 32 px at input scale 1, 64 at 1.5), and the tiling rule with a strictly local stand-in for the model (which must give 1.0).
     """
-    from cryonuseg_hf.metrics import score_tile
-    from cryonuseg_hf.predict import TILE_SIZE, grid_step, load_predictor, predict_instances
-    from cryonuseg_hf.tiling import predict_tiled
+    from cryonuseg_hf.core.tiles import TILE_SIZE
+    from cryonuseg_hf.evaluation.metrics import score_tile
+    from cryonuseg_hf.model.predict import grid_step, load_predictor, predict_instances
+    from cryonuseg_hf.model.tiling import predict_tiled
 
     predictor = load_predictor(model, device="cpu", backend="torch", threads=threads)
     step = grid_step(predictor.input_scale)
@@ -208,9 +209,9 @@ def large_child(side: int, model: str, threads: int, backend: str) -> None:
 
     ``backend`` ``stand-in`` replaces the model and post-processing by :func:`dark_blobs`.
     """
-    from cryonuseg_hf.export import write_outputs
-    from cryonuseg_hf.predict import load_predictor, predict_instances
-    from cryonuseg_hf.tiling import predict_tiled
+    from cryonuseg_hf.model.export import write_outputs
+    from cryonuseg_hf.model.predict import load_predictor, predict_instances
+    from cryonuseg_hf.model.tiling import predict_tiled
 
     tiles = real_tiles()
     block = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
@@ -246,7 +247,7 @@ def large_child(side: int, model: str, threads: int, backend: str) -> None:
 
 def bench_large(sides: list[int], model: Path, threads: int, backend: str) -> list[dict]:
     if backend == "onnx":
-        from cryonuseg_hf.onnx_backend import cached_onnx
+        from cryonuseg_hf.model.onnx_backend import cached_onnx
 
         cached_onnx(model)  # export once here: the children time prediction, not the one-off export
     rows = []
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model
         weights = "trained checkpoint"
         if args.random_variant:
-            from cryonuseg_hf.model import build_model, save_checkpoint
+            from cryonuseg_hf.model.segformer import build_model, save_checkpoint
 
             model = save_checkpoint(
                 build_model(args.random_variant, input_scale=args.random_scale, seed=0),

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/bench_resolution_ceiling.py``. Writes
 ``results/experiments/resolution_ceiling.{json,md}``.
 
-For every tile, the ideal class map of the annotation (:func:`cryonuseg_hf.targets.instances_to_classes`, for
+For every tile, the ideal class map of the annotation (:func:`cryonuseg_hf.data.targets.instances_to_classes`, for
 several boundary widths) is average-pooled by the model's output stride (4 for SegFormer's paper design, 2 with
 ``--first-stride 2``), upsampled back bilinearly as the inference graph upsamples logits, post-processed with the
 package's own post-processing, and scored against the annotation itself. A perfect model of that output
@@ -25,9 +25,9 @@ def ceiling(references, stride: int, width: int, threshold: float) -> dict[str, 
     import torch
     import torch.nn.functional as F
 
-    from cryonuseg_hf.metrics import score
-    from cryonuseg_hf.postprocess import PostprocessParams, probabilities_to_instances
-    from cryonuseg_hf.targets import classes_to_probabilities, instances_to_classes
+    from cryonuseg_hf.data.targets import classes_to_probabilities, instances_to_classes
+    from cryonuseg_hf.evaluation.metrics import score
+    from cryonuseg_hf.model.postprocess import PostprocessParams, probabilities_to_instances
 
     params = PostprocessParams(interior_threshold=threshold)
     predictions = []
@@ -50,7 +50,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from cryonuseg_hf.train import load_tiles
+    from cryonuseg_hf.training.data import load_tiles
 
     references = load_tiles(None, (args.markup,))["masks"][args.markup]
     rows = []

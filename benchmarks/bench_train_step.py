@@ -1,4 +1,4 @@
-"""CPU time per SegFormer training step (the loop of ``cryonuseg_hf.train``), written to ``results/``.
+"""CPU time per SegFormer training step (the loop of ``cryonuseg_hf.training.loop``), written to ``results/``.
 
 Run: ``.venv/bin/python benchmarks/bench_train_step.py [--steps 3] [--threads 2]``. Writes
 ``results/train_step_cpu.json`` and ``.md``. Each setting trains a fresh model on the training tiles of fold 1
@@ -35,8 +35,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     args = parser.parse_args()
 
-    from cryonuseg_hf.agreement import machine_description
-    from cryonuseg_hf.train import TrainConfig, load_tiles, train_model
+    from cryonuseg_hf.core.machine import machine_description
+    from cryonuseg_hf.training.config import TrainConfig
+    from cryonuseg_hf.training.cv import train_model
+    from cryonuseg_hf.training.data import load_tiles
 
     tiles = load_tiles(None, ("annotator1_round2",))
     rows = []

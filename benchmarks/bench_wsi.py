@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from cryonuseg_hf import TILE_IDS
-from cryonuseg_hf.metadata import read_slide_metadata
-from cryonuseg_hf.predict import read_image
-from cryonuseg_hf.release import default_source, open_release
-from cryonuseg_hf.wsi import MODEL_MPP, write_pyramid
+from cryonuseg_hf.data.metadata import read_slide_metadata
+from cryonuseg_hf.data.release import default_source, open_release
+from cryonuseg_hf.model.images import read_image
+from cryonuseg_hf.model.wsi import MODEL_MPP, write_pyramid
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 

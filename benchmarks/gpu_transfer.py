@@ -4,7 +4,7 @@ The external collection's PNG images take 66 MB, more than a call to the GPU mac
 repository. ``pack`` writes a copy in the same folder layout with every image re-encoded as JPEG (quality 95,
 4:4:4 chroma; labels and ignore masks stay lossless PNG), about 18 MB. MoNuSeg's images were cut from TCGA
 slides that are JPEG-compressed already. ``unpack`` decodes the copy back to PNG folders that
-:func:`cryonuseg_hf.external.read_folder` reads, so the GPU run is the stock ``cryonuseg-hf pretrain`` command
+:func:`cryonuseg_hf.data.external.read_folder` reads, so the GPU run is the stock ``cryonuseg-hf pretrain`` command
 on the decoded images. The largest pixel difference the re-encoding makes is printed and recorded in
 ``manifest.json``::
 
@@ -74,7 +74,7 @@ def unpack(packed: Path, out: Path) -> list[Path]:
 
 
 def main() -> None:
-    from cryonuseg_hf.external import PRETRAINING_FOLDERS, default_external
+    from cryonuseg_hf.data.external import PRETRAINING_FOLDERS, default_external
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

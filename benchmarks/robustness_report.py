@@ -4,7 +4,7 @@
 
 Each test in ``tests/robustness/`` is one kind of unusual or broken input, made from the real release and real
 tiles; its docstring says what was tried and what must happen. The report also re-measures, on the real release,
-the cross-file relations that ``cryonuseg-hf check`` (:func:`cryonuseg_hf.builder.check_release`) holds every
+the cross-file relations that ``cryonuseg-hf check`` (:func:`cryonuseg_hf.data.builder.check_release`) holds every
 release to, beside their tolerances and the values of files that do not belong together.
 """
 
@@ -80,11 +80,11 @@ def relations(source: Path | None = None) -> dict[str, object]:
     """The cross-file relations of check_release measured on the real release, and on files of other tiles."""
     import tifffile
 
-    from cryonuseg_hf.builder import foreground_dice, nucleus_contrast, read_nuclei
-    from cryonuseg_hf.folds import TILE_IDS
-    from cryonuseg_hf.masks import own_label_fraction, read_mask
-    from cryonuseg_hf.release import default_source, open_release
-    from cryonuseg_hf.rois import Nucleus
+    from cryonuseg_hf.core.folds import TILE_IDS
+    from cryonuseg_hf.data.builder import foreground_dice, nucleus_contrast, read_nuclei
+    from cryonuseg_hf.data.masks import own_label_fraction, read_mask
+    from cryonuseg_hf.data.release import default_source, open_release
+    from cryonuseg_hf.data.rois import Nucleus
 
     release = open_release(source or default_source())
     images = {t: tifffile.imread(release.images[t]) for t in TILE_IDS}
@@ -125,7 +125,7 @@ def relations(source: Path | None = None) -> dict[str, object]:
 
 
 def markdown(cases: list[dict], total: float, measured: dict, notes: dict[str, str]) -> str:
-    from cryonuseg_hf.builder import MAX_NUCLEUS_CONTRAST, MIN_MARKUP_DICE, MIN_OWN_LABEL_FRACTION
+    from cryonuseg_hf.data.builder import MAX_NUCLEUS_CONTRAST, MIN_MARKUP_DICE, MIN_OWN_LABEL_FRACTION
 
     passed = sum(c["outcome"] == "pass" for c in cases)
     clean_case = next((c for c in cases if c["name"] == "test_real_release_passes_check"), None)

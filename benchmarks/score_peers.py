@@ -3,7 +3,7 @@
 1. ``results/cv/predictions`` (16-bit label PNGs, each tile predicted by the fold model that never saw its organ)
    -> ``results/score_segformer_cv.{md,json}`` and ``_per_tile.csv``; check: every per-tile value and every mean
    equals ``results/cv/metrics.json``, and the per-tile table equals ``results/cv/per_tile.csv`` to its 4 decimals.
-2. The same predictions exported as QuPath GeoJSON and ImageJ RoiSets by ``cryonuseg_hf.export`` (what
+2. The same predictions exported as QuPath GeoJSON and ImageJ RoiSets by ``cryonuseg_hf.model.export`` (what
    ``cryonuseg-hf predict`` writes; into a temporary folder) and scored from those files: the largest difference
    to the label images per metric, and where it comes from. The exporter outlines each nucleus without its holes
    (pockets of background inside a nucleus), so the check also scores the label images with those pockets filled:
@@ -105,8 +105,8 @@ def export_files(predictions: Path, out: Path) -> dict[str, Any]:
     import tifffile
     from PIL import Image
 
-    from cryonuseg_hf.export import instance_polygons, nucleus_measurements, write_geojson, write_rois
-    from cryonuseg_hf.release import default_source, open_release
+    from cryonuseg_hf.data.release import default_source, open_release
+    from cryonuseg_hf.model.export import instance_polygons, nucleus_measurements, write_geojson, write_rois
 
     release = open_release(default_source())
     for kind in ("geojson", "roiset", "filled"):
@@ -127,7 +127,7 @@ def export_files(predictions: Path, out: Path) -> dict[str, Any]:
 
 def timed_score(folder: Path, **options) -> tuple[dict[str, Any], dict[str, float]]:
     """The report, and its wall-clock and CPU seconds (the CPU time is what a quiet machine would take)."""
-    from cryonuseg_hf.score import score_folder
+    from cryonuseg_hf.evaluation.score import score_folder
 
     wall, cpu = time.perf_counter(), time.process_time()
     report = score_folder(folder, **options)
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.chdir(REPO)  # paths in the reports stay relative to the repository
 
-    from cryonuseg_hf.agreement import machine_description
-    from cryonuseg_hf.score import write_report
+    from cryonuseg_hf.core.machine import machine_description
+    from cryonuseg_hf.reports.score import write_report
 
     command = ".venv/bin/python benchmarks/score_peers.py" + "".join(f" {a}" for a in argv)
     checks: dict[str, Any] = {

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cryonuseg_hf.folds import TILE_IDS
+from cryonuseg_hf.core.folds import TILE_IDS
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def _int_at_least(minimum: int):
 
 
 def _source(args: argparse.Namespace) -> Path:
-    from cryonuseg_hf.release import default_source
+    from cryonuseg_hf.data.release import default_source
 
     return args.source if args.source is not None else default_source()
 
@@ -310,9 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """The recipe options (every field of ``TrainConfig``), shared by ``train`` and ``pretrain``."""
-    from cryonuseg_hf.model import VARIANTS
-    from cryonuseg_hf.release import MARKUPS
-    from cryonuseg_hf.train import DEVICES, INT_MINIMUMS, TrainConfig
+    from cryonuseg_hf.data.release import MARKUPS
+    from cryonuseg_hf.model.segformer import DEVICES, VARIANTS
+    from cryonuseg_hf.training.config import INT_MINIMUMS, TrainConfig
 
     defaults = TrainConfig()
     parser.add_argument("--init", default=defaults.init)
@@ -346,24 +346,108 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (always on with CUDA)")
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.train import run_pretraining
+def _train_command(args: argparse.Namespace) -> str:
+    """The ``cryonuseg-hf train`` command equivalent to ``args``: every option that differs from its default
+    (``--scale-note`` is recorded separately)."""
+    import shlex
 
-    for line in run_pretraining(args):
-        print(line)
+    parts = ["cryonuseg-hf", "train"]
+    if args.data is not None:
+        parts += ["--data", str(args.data)]
+    for fold in args.fold or []:
+        parts += ["--fold", str(fold)]
+    parts += [
+        flag
+        for flag, on in (("--cv", args.cv), ("--final", args.final), ("--score-only", args.score_only))
+        if on
+    ]
+    for name in ("pack", "out", "checkpoint", "results"):
+        if getattr(args, name) is not None:
+            parts += [f"--{name}", str(getattr(args, name))]
+    return shlex.join(parts + _recipe_options(args))
+
+
+def _recipe_options(args: argparse.Namespace) -> list[str]:
+    """The command-line options of every ``TrainConfig`` field in ``args`` that differs from its default."""
+    from cryonuseg_hf.training.config import TrainConfig
+
+    parts, defaults = [], TrainConfig()
+    for name in TrainConfig.__dataclass_fields__:
+        value = getattr(args, name, getattr(defaults, name))
+        if value != getattr(defaults, name):
+            if isinstance(value, bool):
+                parts += ["--no-tta"] if name == "tta" else [f"--{name.replace('_', '-')}"]
+            else:
+                parts += [f"--{name.replace('_', '-')}", str(value)]
+    return parts
+
+
+def _train_config(args: argparse.Namespace):
+    """The ``TrainConfig`` of parsed ``train``/``pretrain`` options (fields the options lack keep defaults)."""
+    from cryonuseg_hf.training.config import TrainConfig, validate_config
+
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
+    return validate_config(TrainConfig(**fields))
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    """One start point from other nuclei data (resumable: the same command started again continues)."""
+    import shlex
+
+    config = _train_config(args)  # bad options fail here, before torch is imported or data read
+    from cryonuseg_hf.training.cv import pretrain
+
+    command = shlex.join(
+        ["cryonuseg-hf", "pretrain", *[f"--data={d}" for d in args.data], f"--out={args.out}"]
+        + ([f"--state={args.state}"] if args.state else [])
+        + _recipe_options(args)
+    )
+    record = pretrain(config, args.data, args.out, command, args.state)
+    images = sum(s["images"] for s in record["sources"])
+    print(
+        f"pretrained on {record['windows']} windows of {images} images: {record['steps']} steps in "
+        f"{record['train_seconds']} s, loss {record['loss_first_25']:.3f} -> {record['loss_last_25']:.3f} -> {args.out}"
+    )
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.train import run_training
+    """Pack, train folds, score the CV and/or train the final model: the training layer trains, the reports
+    layer writes the CV's results files."""
+    config = _train_config(args)  # bad options fail here, before torch is imported or data read
+    folds = list(range(len(TILE_IDS) // 3)) if args.cv else list(args.fold or [])
+    wrong = [k for k in folds if not 0 <= k < len(TILE_IDS) // 3]
+    if wrong:
+        raise ValueError(f"--fold {wrong[0]}: expected a fold 0..{len(TILE_IDS) // 3 - 1} (one per organ)")
+    if not (args.pack or folds or args.score_only or args.final):
+        raise ValueError("nothing to do: give --fold K, --cv, --final, --score-only or --pack PATH")
+    from cryonuseg_hf.core.paths import MODEL_PATH
+    from cryonuseg_hf.reports.cv import human_rows, write_cv_results
+    from cryonuseg_hf.training.cv import fit, run_record
+    from cryonuseg_hf.training.data import load_tiles, pack_tiles
 
-    for line in run_training(args):
-        print(line)
+    tiles = load_tiles(args.data)
+    if args.pack:
+        path = pack_tiles(tiles, args.pack)
+        print(f"packed {len(tiles['tile_ids'])} tiles and {list(tiles['masks'])} into {path}")
+    run = run_record(config, _train_command(args), args.scale_note)
+    final = (args.checkpoint or MODEL_PATH) if args.final else None
+    lines = fit(config, tiles, out=args.out, folds=folds, final_checkpoint=None, run=run)
+    if folds or args.score_only:
+        results = write_cv_results(Path(args.out), tiles, run, human_rows(Path(args.results)))
+        ours = results["scores"][config.markup]
+        lines.append(
+            f"CV on {results['n_tiles']} held-out tiles vs {config.markup}: AJI {ours['aji']:.4f} "
+            f"PQ {ours['pq']:.4f} Dice {ours['dice']:.4f} -> {Path(args.out) / 'metrics.md'}"
+        )
+    if final is not None:
+        lines += fit(config, tiles, out=args.out, final_checkpoint=final, run=run)
+    print("\n".join(lines))
     return 0
 
 
 def _cmd_model_card(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.model_card import write_model_card
+    from cryonuseg_hf.reports.model_card import write_model_card
 
     path = write_model_card(args.results, args.out, repo_id=args.repo_id)
     print(f"wrote {path}")
@@ -371,7 +455,7 @@ def _cmd_model_card(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.demo import run_demo
+    from cryonuseg_hf.apps.demo import run_demo
 
     records = run_demo(args.out, model=args.model, backend=args.backend, overwrite=args.overwrite)
     print(f"{'tile':18s} {'fold':>4s} {'annotated':>9s} {'predicted':>9s}   dice    aji    aji+   pq")
@@ -386,8 +470,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.builder import check_release
-    from cryonuseg_hf.release import open_release
+    from cryonuseg_hf.data.builder import check_release
+    from cryonuseg_hf.data.release import open_release
 
     release = open_release(_source(args))
     n_rois = check_release(release)  # reads every file build reads, and checks they belong together
@@ -397,8 +481,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.builder import MARKUPS, build
-    from cryonuseg_hf.hub import download_release
+    from cryonuseg_hf.apps.hub import download_release
+    from cryonuseg_hf.data.builder import MARKUPS
+    from cryonuseg_hf.reports.dataset_build import build
 
     source = _source(args)
     if args.source is None and not source.exists():
@@ -416,8 +501,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.hub import download_release
-    from cryonuseg_hf.release import open_release
+    from cryonuseg_hf.apps.hub import download_release
+    from cryonuseg_hf.data.release import open_release
 
     try:
         path = download_release(args.out)
@@ -432,7 +517,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.hub_export import push_export, push_folder
+    from cryonuseg_hf.apps.hub_export import push_export, push_folder
 
     try:
         if args.repo_id is None:
@@ -448,8 +533,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_hub_export(args: argparse.Namespace) -> int:
-    from cryonuseg_hf import MODEL_PATH
-    from cryonuseg_hf.hub_export import hub_export
+    from cryonuseg_hf.apps.hub_export import hub_export
+    from cryonuseg_hf.core.paths import MODEL_PATH
 
     command = f"cryonuseg-hf hub-export --out {args.out} --owner {args.owner} --results {args.results}"
     command += f" --checkpoint {args.checkpoint}" if args.checkpoint else ""
@@ -471,9 +556,9 @@ def _cmd_hub_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_agreement(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.agreement import write_agreement
-    from cryonuseg_hf.builder import check_release
-    from cryonuseg_hf.release import open_release
+    from cryonuseg_hf.data.builder import check_release
+    from cryonuseg_hf.data.release import open_release
+    from cryonuseg_hf.reports.agreement import write_agreement
 
     release = open_release(_source(args))
     check_release(release)  # scores of files that do not belong together would be silently wrong
@@ -486,8 +571,8 @@ def _cmd_agreement(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.predict import ensure_writable_folder, load_predictor, predict_files
-    from cryonuseg_hf.wsi import is_slide, parse_roi, predict_slide
+    from cryonuseg_hf.model.predict import ensure_writable_folder, load_predictor, predict_files
+    from cryonuseg_hf.model.wsi import is_slide, parse_roi, predict_slide
 
     ensure_writable_folder(args.output)
     roi = parse_roi(args.roi) if args.roi else None
@@ -541,7 +626,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.app import APP_MAX_PIXELS, launch
+    from cryonuseg_hf.apps.app import APP_MAX_PIXELS, launch
 
     print(f"serving the app on http://{args.host}:{args.port} (no public link; Ctrl+C stops it)")
     try:
@@ -560,7 +645,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 
 def _cmd_mask_report(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.mask_report import mask_report
+    from cryonuseg_hf.reports.mask_report import mask_report
 
     command = "cryonuseg-hf mask-report" + (f" --tiles {' '.join(args.tiles)}" if args.tiles else "")
     report = mask_report(_source(args), args.out, tiles=args.tiles, progress=True, command=command)
@@ -574,7 +659,8 @@ def _cmd_mask_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.score import score_folder, write_report
+    from cryonuseg_hf.evaluation.score import score_folder
+    from cryonuseg_hf.reports.score import write_report
 
     report = score_folder(
         args.predictions,

@@ -27,7 +27,7 @@ def release_path() -> Path:
 
     Missing data skips the test on a developer's machine, and fails it in CI, where the data must be there.
     """
-    from cryonuseg_hf.release import default_source
+    from cryonuseg_hf.data.release import default_source
 
     path = default_source()
     if not path.exists():
@@ -40,7 +40,7 @@ def release_path() -> Path:
 
 @pytest.fixture(scope="session")
 def release(release_path):
-    from cryonuseg_hf.release import open_release
+    from cryonuseg_hf.data.release import open_release
 
     return open_release(release_path)
 
@@ -51,7 +51,7 @@ def built_dataset(release_path, tmp_path_factory) -> Path:
 
     The folder is named ``cryonuseg``, so ``load_dataset("cryonuseg")`` works from its parent folder.
     """
-    from cryonuseg_hf.builder import build
+    from cryonuseg_hf.reports.dataset_build import build
 
     out = tmp_path_factory.mktemp("built") / "cryonuseg"
     build(release_path, out)

@@ -1,4 +1,4 @@
-"""cryonuseg_hf.agreement: the human agreement between the mark-ups, on the real release and on tiny data."""
+"""cryonuseg_hf.evaluation.agreement: the human agreement between the mark-ups, on the real release and on tiny data."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import json
 import numpy as np
 import pytest
 
-from cryonuseg_hf.agreement import COMPARISONS, PAPER, compare, human_agreement, read_markup
 from cryonuseg_hf.cli import main
-from cryonuseg_hf.folds import ORGANS, TILE_IDS
-from cryonuseg_hf.metrics import METRICS
+from cryonuseg_hf.core.folds import ORGANS, TILE_IDS
+from cryonuseg_hf.evaluation.agreement import (
+    COMPARISONS,
+    PAPER,
+    compare_markups,
+    human_agreement,
+    read_markup,
+)
+from cryonuseg_hf.evaluation.metrics import METRICS
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +55,8 @@ def test_orientation_changes_aji_only(release):
     round2 = read_markup(release, "annotator1_round2")
     round1 = read_markup(release, "annotator1_round1")
     tiles = list(TILE_IDS[:6])
-    forward = compare({t: round2[t] for t in tiles}, {t: round1[t] for t in tiles})
-    backward = compare({t: round1[t] for t in tiles}, {t: round2[t] for t in tiles})
+    forward = compare_markups({t: round2[t] for t in tiles}, {t: round1[t] for t in tiles})
+    backward = compare_markups({t: round1[t] for t in tiles}, {t: round2[t] for t in tiles})
     for metric in ("dice", "aji_plus", "pq", "dq", "sq"):
         assert forward["mean"][metric] == pytest.approx(backward["mean"][metric], abs=1e-12), metric
     assert abs(forward["mean"]["aji"] - backward["mean"]["aji"]) > 1e-3
@@ -61,7 +67,7 @@ def test_compare_on_tiny_masks():
     truth = np.array([[1, 1, 0, 2, 2]])
     reference = {"Human_Skin_01": truth, "Human_Larynx_01": truth}
     prediction = {"Human_Skin_01": np.array([[5, 5, 0, 0, 0]]), "Human_Larynx_01": truth * 3}
-    result = compare(reference, prediction)
+    result = compare_markups(reference, prediction)
     assert result["per_organ"]["Skin"]["aji"] == pytest.approx(0.5)
     assert result["per_organ"]["Larynx"]["aji"] == 1.0
     assert result["mean"]["aji"] == pytest.approx(0.75)

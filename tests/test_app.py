@@ -30,9 +30,10 @@ import tifffile
 from PIL import Image
 
 from cryonuseg_hf import EXAMPLES_PATH, MODEL_PATH, PACKAGE_DIR
-from cryonuseg_hf.app import NUCLEUS_MEDIAN_AREA_RANGE, input_warnings, output_stem, result_warnings
+from cryonuseg_hf.apps.app import NUCLEUS_MEDIAN_AREA_RANGE, input_warnings, output_stem, result_warnings
+from cryonuseg_hf.core.paths import SPACE_TEMPLATE
 
-SPACE = PACKAGE_DIR / "space"
+SPACE = SPACE_TEMPLATE
 TILE = EXAMPLES_PATH / "Human_Skin_01.png"
 SCREENSHOT_ENV = "CRYONUSEG_APP_SCREENSHOT"
 CHROMIUM_ENV = "CRYONUSEG_CHROMIUM"
@@ -83,9 +84,9 @@ def test_warnings_name_the_problem():
 def test_docstring_examples():
     import doctest
 
-    import cryonuseg_hf.app
+    import cryonuseg_hf.apps.app
 
-    result = doctest.testmod(cryonuseg_hf.app, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(cryonuseg_hf.apps.app, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 5 and result.failed == 0
 
 
@@ -105,7 +106,7 @@ def predictor():
     Loading it here first exports it to ONNX in this session's cache, which the app's subprocess then reads
     instead of exporting it again.
     """
-    from cryonuseg_hf.predict import load_predictor
+    from cryonuseg_hf.model.predict import load_predictor
 
     return load_predictor(device="cpu", threads=1)
 
@@ -114,7 +115,7 @@ def predictor():
 def test_analyse_is_predict_instances_and_write_outputs(predictor, tmp_path):
     """A 512x640 image (an example tile and a strip of the other) is tiled, and the app's labels are the API's."""
     from cryonuseg_hf import predict_instances
-    from cryonuseg_hf.app import analyse
+    from cryonuseg_hf.apps.app import analyse
 
     tiles = [
         np.asarray(Image.open(EXAMPLES_PATH / f"{t}.png").convert("RGB"))
@@ -166,7 +167,7 @@ def test_space_folder_is_a_gradio_space():
     assert len(requirements) >= 10
     for line in requirements:
         assert declared.get(re.split(r"[<>=!~ ]", line)[0].lower()) == line, line
-    assert "from cryonuseg_hf.app import build_app, serve" in (SPACE / "app.py").read_text()
+    assert "from cryonuseg_hf.apps.app import build_app, serve" in (SPACE / "app.py").read_text()
 
 
 # ------------------------------------------------------------------------------------------------- the browser
@@ -286,11 +287,11 @@ def _save_screenshot(png: bytes, tmp_path: Path) -> Path:
 @needs_checkpoint
 def test_browser_upload_count_downloads_and_warning(app_url, browser, predictor, tmp_path):
     from cryonuseg_hf import predict_instances
-    from cryonuseg_hf.export import write_overlay
-    from cryonuseg_hf.metrics import score_tile
-    from cryonuseg_hf.predict import read_image
-    from cryonuseg_hf.rois import read_roi_set
-    from cryonuseg_hf.score import read_geojson, read_roiset
+    from cryonuseg_hf.data.rois import read_roi_set
+    from cryonuseg_hf.evaluation.metrics import score_tile
+    from cryonuseg_hf.evaluation.score import read_geojson, read_roiset
+    from cryonuseg_hf.model.export import write_overlay
+    from cryonuseg_hf.model.images import read_image
 
     expected = predict_instances(TILE, predictor)
     n_expected = len(np.unique(expected)) - 1

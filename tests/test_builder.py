@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryonuseg_hf.folds import ORGANS, TILE_IDS, fold_of, organ_of
-from cryonuseg_hf.release import MARKUP_FOLDERS, MARKUPS, RELEASED_VARIANTS, ReleaseError
+from cryonuseg_hf.core.folds import ORGANS, TILE_IDS, fold_of, organ_of
+from cryonuseg_hf.data.release import MARKUP_FOLDERS, MARKUPS, RELEASED_VARIANTS, ReleaseError
 
 # --- the real release ----------------------------------------------------------------------------------------
 
@@ -31,7 +31,7 @@ def _card_yaml(folder: Path) -> dict:
 
 
 def test_build_is_a_hub_repository(built_dataset):
-    from cryonuseg_hf.builder import features
+    from cryonuseg_hf.data.builder import features
 
     assert sorted(p.name for p in built_dataset.iterdir()) == ["README.md", *sorted(MARKUPS)]
     header = _card_yaml(built_dataset)
@@ -52,7 +52,7 @@ def test_build_is_a_hub_repository(built_dataset):
 
 
 def test_card_documents_the_data(built_dataset):
-    from cryonuseg_hf.builder import features
+    from cryonuseg_hf.data.builder import features
 
     card = (built_dataset / "README.md").read_text(encoding="utf-8")
     body = card.split("---\n", 2)[2]
@@ -81,7 +81,7 @@ def test_load_default_config_decodes_the_released_files(built_dataset, release):
     import tifffile
     from datasets import load_dataset
 
-    from cryonuseg_hf.masks import nuclei_borders
+    from cryonuseg_hf.data.masks import nuclei_borders
 
     ds = load_dataset(str(built_dataset), split="train")
     assert ds.info.config_name == "annotator1_round2" and ds.num_rows == 30
@@ -174,7 +174,8 @@ def test_zip_build_equals_folder_build(built_dataset, release_path, tmp_path, mo
     """
     import tempfile
 
-    from cryonuseg_hf.builder import PARQUET_NAME, build
+    from cryonuseg_hf.data.builder import PARQUET_NAME
+    from cryonuseg_hf.reports.dataset_build import build
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the zip is extracted under tmp_path
     archive = _zip_folder(release_path, tmp_path / "cryonuseg.zip")
@@ -187,7 +188,7 @@ def test_zip_build_equals_folder_build(built_dataset, release_path, tmp_path, mo
 
 
 def _nuclei(n: int = 3):
-    from cryonuseg_hf.rois import Nucleus
+    from cryonuseg_hf.data.rois import Nucleus
 
     square = np.float32([0, 20, 20, 0])
     return [
@@ -202,9 +203,9 @@ def make_release(root: Path) -> Path:
     import tifffile
     from PIL import Image
 
-    from cryonuseg_hf.masks import instance_masks
-    from cryonuseg_hf.metadata import COLUMNS
-    from cryonuseg_hf.rois import write_roi_set
+    from cryonuseg_hf.data.masks import instance_masks
+    from cryonuseg_hf.data.metadata import COLUMNS
+    from cryonuseg_hf.data.rois import write_roi_set
 
     proto = root.parent / f".{root.name}-proto"
     proto.mkdir(parents=True)
@@ -260,7 +261,8 @@ def _no_leftovers(parent: Path) -> bool:
 def test_builder_class_matches_build(fake, tmp_path):
     from datasets import load_dataset
 
-    from cryonuseg_hf.builder import CryoNuSeg, build
+    from cryonuseg_hf.data.builder import CryoNuSeg
+    from cryonuseg_hf.reports.dataset_build import build
 
     builder = CryoNuSeg(config_name="annotator2", data_dir=str(fake), cache_dir=str(tmp_path / "cache"))
     builder.download_and_prepare(output_dir=str(tmp_path / "prepared"), file_format="parquet")
@@ -356,7 +358,7 @@ def test_builder_class_matches_build(fake, tmp_path):
     ],
 )
 def test_bad_release_is_refused_and_leaves_nothing(fake, tmp_path, damage, message):
-    from cryonuseg_hf.builder import build
+    from cryonuseg_hf.reports.dataset_build import build
 
     damage(fake)
     out = tmp_path / "out" / "cryonuseg"
@@ -391,7 +393,7 @@ def _zip(members: dict[str, bytes]) -> bytes:
 def test_zip_with_escaping_paths_is_refused(tmp_path, monkeypatch):
     import tempfile
 
-    from cryonuseg_hf.builder import build
+    from cryonuseg_hf.reports.dataset_build import build
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cache"))
     archive = tmp_path / "evil.zip"
@@ -404,7 +406,8 @@ def test_zip_with_escaping_paths_is_refused(tmp_path, monkeypatch):
 
 
 def test_output_folder_rules(fake, tmp_path):
-    from cryonuseg_hf.builder import build, check_output_folder
+    from cryonuseg_hf.data.builder import check_output_folder
+    from cryonuseg_hf.reports.dataset_build import build
 
     other = tmp_path / "notes"
     other.mkdir()
@@ -447,8 +450,8 @@ def no_network(monkeypatch):
 def test_builds_are_deterministic_from_folder_and_zip(fake, tmp_path, monkeypatch, capsys):
     import tempfile
 
-    from cryonuseg_hf.builder import build
     from cryonuseg_hf.cli import main
+    from cryonuseg_hf.reports.dataset_build import build
 
     out = tmp_path / "a" / "cryonuseg"
     assert main(["build", "--source", str(fake), "--out", str(out)]) == 0
@@ -478,8 +481,8 @@ def test_download_fails_fast_offline(tmp_path, monkeypatch, no_network, capsys):
 
 
 def test_push_stops_where_the_network_starts(built_dataset, tmp_path, monkeypatch, no_network, capsys):
+    from cryonuseg_hf.apps.hub import push_dataset
     from cryonuseg_hf.cli import main
-    from cryonuseg_hf.hub import push_dataset
 
     with pytest.raises(ValueError, match="not a dataset folder made by `cryonuseg-hf build`"):
         push_dataset(tmp_path, "someone/cryonuseg")

@@ -9,14 +9,14 @@ import pytest
 import tifffile
 
 from cryonuseg_hf import EXAMPLES_PATH, MODEL_PATH
+from cryonuseg_hf.apps.demo import example_tiles, run_demo
 from cryonuseg_hf.cli import main
-from cryonuseg_hf.demo import example_tiles, run_demo
 
 
 def test_examples_are_real_tiles_with_their_annotations(release):
     from PIL import Image
 
-    from cryonuseg_hf.rois import read_roi_set
+    from cryonuseg_hf.data.rois import read_roi_set
 
     pairs = example_tiles()
     assert [image.stem for image, _ in pairs] == ["Human_Larynx_01", "Human_Skin_01"]

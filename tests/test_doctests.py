@@ -10,17 +10,20 @@ import pytest
 MODULES = [
     f"cryonuseg_hf.{name}"
     for name in (
-        "agreement",
-        "export",
-        "folds",
-        "mask_report",
-        "masks",
-        "metadata",
-        "nuclei_instance_metric.nuclei_metrics",
-        "postprocess",
-        "predict",
-        "targets",
-        "tiling",
+        "core.machine",
+        "core.markdown",
+        "core.folds",
+        "data.mask_agreement",
+        "data.masks",
+        "data.metadata",
+        "data.targets",
+        "evaluation.agreement",
+        "evaluation.nuclei_instance_metric.nuclei_metrics",
+        "model.export",
+        "model.images",
+        "model.postprocess",
+        "model.predict",
+        "model.tiling",
     )
 ]
 

@@ -12,8 +12,8 @@ import pytest
 @pytest.fixture(scope="module")
 def annotated(release):
     """A real tile and its Annotator 1 round 2 instance labels (label masks modify)."""
-    from cryonuseg_hf.masks import read_mask
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.data.masks import read_mask
+    from cryonuseg_hf.model.images import read_image
 
     tile = "Human_Thymus_01"  # the most crowded tile: 666 nuclei, many touching
     labels = read_mask(release.markups["annotator1_round2"].variants["label_masks_modify"][tile]).astype(
@@ -24,7 +24,7 @@ def annotated(release):
 
 @pytest.fixture(scope="module")
 def written(annotated, tmp_path_factory):
-    from cryonuseg_hf.export import write_outputs
+    from cryonuseg_hf.model.export import write_outputs
 
     image, labels = annotated
     return write_outputs(image, labels, tmp_path_factory.mktemp("out"), "thymus")
@@ -84,9 +84,9 @@ def test_rois_round_trip_through_the_annotation_reader(written, annotated):
     """Fiji's format: roifile reads it, and the annotations' own rasteriser gives the label image back."""
     import roifile
 
-    from cryonuseg_hf.masks import instance_masks
-    from cryonuseg_hf.metrics import score_tile
-    from cryonuseg_hf.rois import read_roi_set
+    from cryonuseg_hf.data.masks import instance_masks
+    from cryonuseg_hf.data.rois import read_roi_set
+    from cryonuseg_hf.evaluation.metrics import score_tile
 
     _, labels = annotated
     assert len(roifile.roiread(written["rois"])) == len(np.unique(labels)) - 1
@@ -102,7 +102,7 @@ def test_rois_round_trip_through_the_annotation_reader(written, annotated):
 
 
 def test_csv_has_one_row_per_nucleus(written, annotated):
-    from cryonuseg_hf.export import MEASUREMENTS
+    from cryonuseg_hf.model.export import MEASUREMENTS
 
     image, labels = annotated
     rows = list(csv.DictReader(open(written["csv"])))
@@ -117,7 +117,7 @@ def test_csv_has_one_row_per_nucleus(written, annotated):
 
 
 def test_outputs_never_overwritten_silently(tmp_path):
-    from cryonuseg_hf.export import write_outputs
+    from cryonuseg_hf.model.export import write_outputs
 
     image = np.full((20, 20, 3), 200, np.uint8)
     labels = np.zeros((20, 20), np.int32)
@@ -132,7 +132,7 @@ def test_outputs_never_overwritten_silently(tmp_path):
 
 
 def test_empty_and_tiny_instances():
-    from cryonuseg_hf.export import geojson_features, instance_polygons, nucleus_measurements
+    from cryonuseg_hf.model.export import geojson_features, instance_polygons, nucleus_measurements
 
     image = np.zeros((1, 1, 3), np.uint8)
     assert nucleus_measurements(np.zeros((1, 1), np.int32), image) == []
@@ -146,7 +146,7 @@ def test_self_touching_shapes_become_valid_polygons():
     """Pixels joined only at a corner would make a bow-tie outline, which QuPath rejects."""
     from shapely.geometry import Polygon
 
-    from cryonuseg_hf.export import instance_polygons
+    from cryonuseg_hf.model.export import instance_polygons
 
     labels = np.zeros((8, 8), np.int32)
     labels[1:3, 1:3] = 1
@@ -163,7 +163,7 @@ def test_self_touching_shapes_become_valid_polygons():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     pytest.importorskip("torch")
-    from cryonuseg_hf.model import build_model, save_checkpoint
+    from cryonuseg_hf.model.segformer import build_model, save_checkpoint
 
     return save_checkpoint(
         build_model("tiny", input_scale=2.0, seed=1), tmp_path_factory.mktemp("tiny2"), fp16=False
@@ -173,8 +173,8 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(checkpoint, release, tmp_path_factory):
     """The tiny checkpoint exported once, checked on a whole real tile and a non-square crop of another."""
-    from cryonuseg_hf.onnx_backend import export_onnx
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
+    from cryonuseg_hf.model.onnx_backend import export_onnx
 
     tiles = [read_image(release.images[t]) for t in ("Human_Skin_01", "Human_Testes_02")]
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
@@ -183,7 +183,7 @@ def exported(checkpoint, release, tmp_path_factory):
 
 
 def test_onnx_export_matches_torch_on_real_tiles(exported):
-    from cryonuseg_hf.onnx_backend import LOGIT_TOLERANCE
+    from cryonuseg_hf.model.onnx_backend import LOGIT_TOLERANCE
 
     path, report, _ = exported
     assert path.is_file()
@@ -196,8 +196,8 @@ def test_onnx_mismatch_fails_loudly(checkpoint, exported, tmp_path):
     import onnxruntime as ort
     import torch
 
-    from cryonuseg_hf.onnx_backend import OnnxMismatchError, compare_with_torch, export_onnx
-    from cryonuseg_hf.predict import load_torch_module
+    from cryonuseg_hf.model.onnx_backend import OnnxMismatchError, compare_with_torch, export_onnx
+    from cryonuseg_hf.model.segformer import load_torch_module
 
     path, _, tiles = exported
     tile = tiles[0][:128, :128]
@@ -214,7 +214,7 @@ def test_onnx_mismatch_fails_loudly(checkpoint, exported, tmp_path):
 def test_onnx_cache_is_keyed_by_checkpoint_hash(checkpoint, tmp_path, monkeypatch):
     import shutil
 
-    import cryonuseg_hf.onnx_backend as onnx_backend
+    import cryonuseg_hf.model.onnx_backend as onnx_backend
 
     exports = []
 

@@ -4,8 +4,8 @@ import zipfile
 
 import pytest
 
-from cryonuseg_hf import folds
-from cryonuseg_hf.release import MARKUPS, ReleaseError, extract_zip, open_release
+from cryonuseg_hf.core import folds
+from cryonuseg_hf.data.release import MARKUPS, ReleaseError, extract_zip, open_release
 
 
 def test_fold_protocol():
@@ -37,7 +37,7 @@ def test_real_release_layout(release):
 
 def _tiny_release(root, drop=None):
     """A release with the real layout and empty files: enough for the path logic."""
-    from cryonuseg_hf.release import MARKUP_FOLDERS
+    from cryonuseg_hf.data.release import MARKUP_FOLDERS
 
     (root / "tissue images").mkdir(parents=True)
     for tile in folds.TILE_IDS:

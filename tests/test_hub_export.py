@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from cryonuseg_hf import EXAMPLES_PATH, METRIC_PATH, MODEL_PATH
-from cryonuseg_hf.cli import main
-from cryonuseg_hf.hub_export import (
+from cryonuseg_hf.apps.hub_export import (
     MANIFEST,
     METRIC_FOLDER,
     MODEL_FOLDER,
@@ -30,6 +29,7 @@ from cryonuseg_hf.hub_export import (
     push_folder,
     replaceable,
 )
+from cryonuseg_hf.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 OWNER = "someone"
@@ -68,7 +68,7 @@ def test_model_loads_with_from_pretrained_and_the_stock_pipeline(exported):
     import torch
     from transformers import AutoImageProcessor, SegformerForSemanticSegmentation, pipeline
 
-    from cryonuseg_hf.predict import instances_from_pipeline
+    from cryonuseg_hf.model.predict import instances_from_pipeline
 
     folder = exported / MODEL_FOLDER
     model = SegformerForSemanticSegmentation.from_pretrained(folder)
@@ -125,8 +125,9 @@ def test_onnx_export_is_checked_and_agrees_with_torch_on_a_whole_tile(exported):
     import onnxruntime as ort
     import torch
 
-    from cryonuseg_hf.onnx_backend import LOGIT_TOLERANCE
-    from cryonuseg_hf.predict import load_torch_module, read_image
+    from cryonuseg_hf.model.images import read_image
+    from cryonuseg_hf.model.onnx_backend import LOGIT_TOLERANCE
+    from cryonuseg_hf.model.segformer import load_torch_module
 
     folder = exported / MODEL_FOLDER
     check = json.loads((folder / ONNX_CHECK).read_text())
@@ -275,7 +276,7 @@ def test_push_refuses_repository_ids_that_break_the_folder(exported):
 def test_push_sends_each_folder_to_its_kind_of_repository(exported, monkeypatch):
     import huggingface_hub
 
-    import cryonuseg_hf.hub
+    import cryonuseg_hf.apps.hub
 
     calls = []
 
@@ -292,7 +293,7 @@ def test_push_sends_each_folder_to_its_kind_of_repository(exported, monkeypatch)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    monkeypatch.setattr(cryonuseg_hf.hub, "check_connection", lambda url, timeout: None)
+    monkeypatch.setattr(cryonuseg_hf.apps.hub, "check_connection", lambda url, timeout: None)
     urls = push_export(exported, private=True)
     assert set(urls) == {MODEL_FOLDER, METRIC_FOLDER, SPACE_FOLDER}
     creates = {repo_id: kwargs for kind, repo_id, kwargs in calls if kind == "create"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryonuseg_hf.masks import (
+from cryonuseg_hf.data.masks import (
     VARIANTS,
     disk_footprint,
     empty_nuclei,
@@ -18,7 +18,7 @@ from cryonuseg_hf.masks import (
     read_mask,
     unet_weight_map,
 )
-from cryonuseg_hf.rois import Nucleus, read_roi_set
+from cryonuseg_hf.data.rois import Nucleus, read_roi_set
 
 
 def _rect(x0, y0, x1, y1, name="r"):
@@ -136,7 +136,7 @@ def test_real_release_variants_are_reproduced(release, markup, tile):
     Larynx_01 round 2 needs bwdist's single precision (distance-map ties), LymphNodes_03 has a ROI crossing the
     tile edge, Pancreas_02 (Annotator 2) needs the generator's -2 pixel in the weight maps.
     """
-    from cryonuseg_hf.mask_report import compare, matched_iou
+    from cryonuseg_hf.data.mask_agreement import compare_variant, matched_iou
 
     files = release.markups[markup]
     variants = mask_variants(read_roi_set(files.rois[tile]))
@@ -144,5 +144,5 @@ def test_real_release_variants_are_reproduced(release, markup, tile):
     assert released.dtype == np.uint16
     assert matched_iou(released, variants["label_masks_modify"]) == 1.0
     for name, by_tile in files.variants.items():
-        row = compare(variants[name], read_mask(by_tile[tile]), name)
+        row = compare_variant(variants[name], read_mask(by_tile[tile]), name)
         assert row["n_differing_pixels"] == 0, (name, row)

@@ -4,8 +4,15 @@ import csv
 
 import pytest
 
-from cryonuseg_hf.folds import TILE_IDS
-from cryonuseg_hf.metadata import COLUMNS, FIELDS, SHEET, age_in_years, difficulty_of, read_slide_metadata
+from cryonuseg_hf.core.folds import TILE_IDS
+from cryonuseg_hf.data.metadata import (
+    COLUMNS,
+    FIELDS,
+    SHEET,
+    age_in_years,
+    difficulty_of,
+    read_slide_metadata,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The ``evaluate`` module folder is complete on its own: it loads, scores and serves its app where ``cryonuseg_hf``
-cannot be imported, with the same numbers as ``cryonuseg_hf.metrics`` on real tiles; and there is one copy of the
+cannot be imported, with the same numbers as ``cryonuseg_hf.evaluation.metrics`` on real tiles; and there is one copy of the
 metric code."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image
 
 import cryonuseg_hf
 from cryonuseg_hf import METRIC_PATH
-from cryonuseg_hf.folds import fold_of, organ_of
+from cryonuseg_hf.core.folds import fold_of, organ_of
 
 TILES = (
     "Human_AdrenalGland_01",
@@ -98,7 +98,7 @@ def _site_packages() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiles(release):
-    from cryonuseg_hf.agreement import read_markup
+    from cryonuseg_hf.evaluation.agreement import read_markup
 
     markups = {
         name: read_markup(release, name) for name in ("annotator2", "annotator1_round2", "annotator1_round1")
@@ -161,7 +161,7 @@ def test_loads_without_cryonuseg_hf(isolated_run):
 
 
 def test_equals_cryonuseg_hf_on_real_tiles(isolated_run, tiles):
-    from cryonuseg_hf.metrics import score
+    from cryonuseg_hf.evaluation.metrics import score
 
     kwargs = dict(
         organs=[organ_of(t) for t in TILES], folds=[fold_of(t) for t in TILES], tile_ids=list(TILES)
@@ -184,8 +184,8 @@ def test_docstring_examples_pass_where_the_folder_is_alone(isolated_run):
 
 
 def test_one_copy_of_the_metric_code():
-    metrics = importlib.import_module("cryonuseg_hf.metrics")
-    functions = importlib.import_module("cryonuseg_hf.nuclei_instance_metric.nuclei_metrics")
+    metrics = importlib.import_module("cryonuseg_hf.evaluation.metrics")
+    functions = importlib.import_module("cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics")
     for name in metrics.__all__:
         assert getattr(metrics, name) is getattr(functions, name), name
     tree = ast.parse(Path(metrics.__file__).read_text())

@@ -1,4 +1,4 @@
-"""cryonuseg_hf.metrics and the evaluate module: golden values by hand, invariants, bad input, and agreement with
+"""cryonuseg_hf.evaluation.metrics and the evaluate module: golden values by hand, invariants, bad input, and agreement with
 the straightforward per-nucleus implementation (``benchmarks/bench_metrics.py``) on the 30 real tile pairs."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryonuseg_hf.metrics import COUNTS, METRICS, as_label_image, score, score_tile
+from cryonuseg_hf.evaluation.metrics import COUNTS, METRICS, as_label_image, score, score_tile
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_metrics.py"
 
@@ -151,7 +151,7 @@ def test_zero_sized_images_count_as_empty():
 
 
 def test_metric_card_examples():
-    # The worked example and the merge example of cryonuseg_hf/nuclei_instance_metric/README.md.
+    # The worked example and the merge example of cryonuseg_hf/evaluation/nuclei_instance_metric/README.md.
     truth = np.array([[1, 1, 0, 0, 2, 2], [1, 1, 0, 0, 2, 2], [0, 0, 0, 0, 0, 0], [3, 3, 0, 0, 0, 0]])
     prediction = np.array([[7, 7, 0, 0, 8, 0], [7, 7, 0, 0, 8, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 9]])
     _expect(
@@ -313,7 +313,7 @@ def test_score_input_errors():
 
 
 def test_importing_metrics_does_not_import_torch():
-    code = "import sys, cryonuseg_hf.metrics; print('torch' in sys.modules)"
+    code = "import sys, cryonuseg_hf.evaluation.metrics; print('torch' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "False"
 

@@ -2,7 +2,7 @@
 
 import json
 
-from cryonuseg_hf.model_card import pretraining_stages
+from cryonuseg_hf.reports.model_card import pretraining_stages
 
 
 def _stage(root, name, init, steps, scale):

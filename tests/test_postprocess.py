@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryonuseg_hf.postprocess import (
+from cryonuseg_hf.data.targets import classes_to_probabilities, instances_to_classes
+from cryonuseg_hf.model.postprocess import (
     CONFIG_KEY,
     INPUT_SCALE_KEY,
     PostprocessParams,
@@ -13,13 +14,12 @@ from cryonuseg_hf.postprocess import (
     probabilities_to_instances,
     tune_params,
 )
-from cryonuseg_hf.targets import classes_to_probabilities, instances_to_classes
 
 EXACT = PostprocessParams(min_size=0, min_marker_size=1)
 
 
 def _match(truth: np.ndarray, prediction: np.ndarray) -> tuple[int, int, int, float]:
-    """(tp, fp, fn, pq) with the usual IoU > 0.5 matching, independent of cryonuseg_hf.metrics."""
+    """(tp, fp, fn, pq) with the usual IoU > 0.5 matching, independent of cryonuseg_hf.evaluation.metrics."""
     from skimage.segmentation import relabel_sequential
 
     truth = relabel_sequential(truth.astype(np.int64))[0]
@@ -125,7 +125,7 @@ def test_tune_params_picks_the_best_candidate():
 def test_tune_params_parallel_matches_serial(release):
     import tifffile
 
-    from cryonuseg_hf.postprocess import param_grid
+    from cryonuseg_hf.model.postprocess import param_grid
 
     labels = tifffile.imread(
         release.markups["annotator1_round2"].variants["label_masks_modify"]["Human_Skin_01"]

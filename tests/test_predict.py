@@ -27,7 +27,7 @@ def _cache_in_tmp(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random SegFormer (3 classes, input scale 1) saved with save_pretrained."""
-    from cryonuseg_hf.model import build_model, save_checkpoint
+    from cryonuseg_hf.model.segformer import build_model, save_checkpoint
 
     return save_checkpoint(
         build_model("tiny", input_scale=1.0, seed=0), tmp_path_factory.mktemp("tiny"), fp16=False
@@ -36,14 +36,14 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint):
-    from cryonuseg_hf.predict import load_predictor
+    from cryonuseg_hf.model.predict import load_predictor
 
     return load_predictor(checkpoint, device="cpu", backend="torch", threads=2)
 
 
 @pytest.fixture(scope="module")
 def tile(release):
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     return read_image(release.images["Human_Skin_01"])
 
@@ -51,7 +51,7 @@ def tile(release):
 @pytest.fixture(scope="module")
 def mosaic(release):
     """2x2 real tiles (1024x1024): the seams between them run through real tissue."""
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     tiles = [
         read_image(release.images[t])
@@ -87,7 +87,7 @@ def _png_header_only(path, width, height):
 def test_read_rgb_png_and_tiff_are_identical(tmp_path, tile):
     import tifffile
 
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     Image.fromarray(tile).save(tmp_path / "a.png")
     tifffile.imwrite(tmp_path / "b.tif", tile)
@@ -99,7 +99,7 @@ def test_read_rgb_png_and_tiff_are_identical(tmp_path, tile):
 def test_conversions_are_made_and_said(tmp_path, caplog):
     import tifffile
 
-    from cryonuseg_hf.predict import as_rgb8, read_image
+    from cryonuseg_hf.model.images import as_rgb8, read_image
 
     rgba = np.zeros((4, 5, 4), np.uint8)
     rgba[..., :3] = 100
@@ -136,7 +136,7 @@ def test_conversions_are_made_and_said(tmp_path, caplog):
     ],
 )
 def test_unsupported_arrays_are_clear_errors(array, message):
-    from cryonuseg_hf.predict import as_rgb8
+    from cryonuseg_hf.model.images import as_rgb8
 
     with pytest.raises(ValueError, match=message):
         as_rgb8(array, name="my-image")
@@ -145,7 +145,7 @@ def test_unsupported_arrays_are_clear_errors(array, message):
 def test_bad_files_raise_errors_naming_the_file(tmp_path):
     import tifffile
 
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     with pytest.raises(FileNotFoundError, match="nope.png"):
         read_image(tmp_path / "nope.png")
@@ -175,7 +175,7 @@ def test_bad_files_raise_errors_naming_the_file(tmp_path):
 
 
 def test_huge_image_is_refused_from_its_header(tmp_path):
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     # 100000 x 100000 RGB would need 30 GB; the header alone must stop it (the stub data cannot decode)
     path = _png_header_only(tmp_path / "huge.png", 100_000, 100_000)
@@ -189,7 +189,7 @@ def test_huge_image_is_refused_from_its_header(tmp_path):
 
 
 def test_tile_grid_cores_partition_the_image_and_windows_give_margin():
-    from cryonuseg_hf.tiling import tile_grid
+    from cryonuseg_hf.model.tiling import tile_grid
 
     cases = [
         ((1024, 1024), 512, 64, 1),
@@ -228,8 +228,8 @@ def _local_nuclei(image: np.ndarray) -> np.ndarray:
 
 
 def test_tiled_equals_untiled_on_real_mosaic(mosaic):
-    from cryonuseg_hf.metrics import score_tile
-    from cryonuseg_hf.tiling import predict_tiled
+    from cryonuseg_hf.evaluation.metrics import score_tile
+    from cryonuseg_hf.model.tiling import predict_tiled
 
     whole = predict_tiled(mosaic, _local_nuclei, tile_size=2048)
     stats = {}
@@ -243,7 +243,7 @@ def test_tiled_equals_untiled_on_real_mosaic(mosaic):
 
 
 def test_tiling_drops_duplicates_and_keeps_pixels_single():
-    from cryonuseg_hf.tiling import predict_tiled
+    from cryonuseg_hf.model.tiling import predict_tiled
 
     # a "model" that sees one fixed nucleus in every window, whatever the window: every tile owns its own copy
     # only where the centroid falls in its core, so exactly one copy survives
@@ -262,7 +262,7 @@ def test_tiling_drops_duplicates_and_keeps_pixels_single():
 
 
 def test_predict_instances_any_size(predictor, tile):
-    from cryonuseg_hf.predict import predict_instances
+    from cryonuseg_hf.model.predict import predict_instances
 
     for image in (tile, tile[:1, :1], tile[:70, :45], np.ascontiguousarray(tile[:, :, 0])):
         labels = predict_instances(image, predictor)
@@ -274,7 +274,7 @@ def test_predict_instances_any_size(predictor, tile):
 
 
 def test_onnx_and_torch_backends_agree(checkpoint, tile, tmp_path):
-    from cryonuseg_hf.predict import load_predictor
+    from cryonuseg_hf.model.predict import load_predictor
 
     torch_run = load_predictor(checkpoint, "cpu", "torch", 2)
     onnx_run = load_predictor(checkpoint, "cpu", "onnx", 2)
@@ -285,8 +285,8 @@ def test_onnx_and_torch_backends_agree(checkpoint, tile, tmp_path):
 
 
 def test_auto_backend_falls_back_to_torch_loudly(checkpoint, monkeypatch, caplog):
-    import cryonuseg_hf.onnx_backend as onnx_backend
-    from cryonuseg_hf.predict import _load_predictor, load_predictor
+    import cryonuseg_hf.model.onnx_backend as onnx_backend
+    from cryonuseg_hf.model.predict import _load_predictor, load_predictor
 
     def broken(*args, **kwargs):
         raise onnx_backend.OnnxMismatchError("the ONNX export differs from torch by up to 0.86")
@@ -314,7 +314,7 @@ def test_tta_averages_views(predictor, tile):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    from cryonuseg_hf.predict import load_predictor
+    from cryonuseg_hf.model.predict import load_predictor
 
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_predictor(tmp_path / "nothing-here")
@@ -326,10 +326,10 @@ def test_instances_from_stock_pipeline_output(release, checkpoint):
     """The stock pipeline's per-class masks -> instances; exercised on real annotations turned into classes."""
     from transformers import pipeline
 
-    from cryonuseg_hf.masks import read_mask
-    from cryonuseg_hf.metrics import score_tile
-    from cryonuseg_hf.predict import instances_from_pipeline
-    from cryonuseg_hf.targets import CLASS_NAMES, instances_to_classes
+    from cryonuseg_hf.data.masks import read_mask
+    from cryonuseg_hf.data.targets import CLASS_NAMES, instances_to_classes
+    from cryonuseg_hf.evaluation.metrics import score_tile
+    from cryonuseg_hf.model.predict import instances_from_pipeline
 
     truth = read_mask(release.markups["annotator1_round2"].variants["label_masks_modify"]["Human_Skin_01"])
     classes = instances_to_classes(truth)
@@ -358,12 +358,13 @@ def test_shipped_checkpoint_predicts(release):
     exactly by ``test_tiled_equals_untiled_on_real_mosaic``.
     """
     import cryonuseg_hf
-    from cryonuseg_hf.postprocess import probabilities_to_instances
-    from cryonuseg_hf.tiling import predict_tiled
+    from cryonuseg_hf.model.postprocess import probabilities_to_instances
+    from cryonuseg_hf.model.tiling import predict_tiled
 
     if not (cryonuseg_hf.MODEL_PATH / "config.json").is_file():
         pytest.skip(f"{cryonuseg_hf.MODEL_PATH} not written yet (helper 'train')")
-    from cryonuseg_hf.predict import load_predictor, read_image
+    from cryonuseg_hf.model.images import read_image
+    from cryonuseg_hf.model.predict import load_predictor
 
     predictor = load_predictor(backend="torch", threads=2)
     labels = cryonuseg_hf.predict_instances(release.images["Human_Skin_01"], predictor)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cryonuseg_hf.external import default_external, load_pretraining_tiles, read_folder, window_starts
-from cryonuseg_hf.targets import IGNORE_INDEX
+from cryonuseg_hf.data.external import default_external, load_pretraining_tiles, read_folder, window_starts
+from cryonuseg_hf.data.targets import IGNORE_INDEX
 
 torch = pytest.importorskip("torch")
 
@@ -108,7 +108,7 @@ def test_bad_folders_are_refused_with_the_file(small_external, tmp_path):
 
 def test_pretrain_command_then_fine_tune_from_it(small_external, tmp_path):
     from cryonuseg_hf.cli import main
-    from cryonuseg_hf.model import build_model
+    from cryonuseg_hf.model.segformer import build_model
 
     out = tmp_path / "pretrained"
     args = ["pretrain", "--out", str(out), "--variant", "tiny", "--input-scale", "1", "--steps", "4"]
@@ -121,7 +121,7 @@ def test_pretrain_command_then_fine_tune_from_it(small_external, tmp_path):
     assert record["command"].startswith("cryonuseg-hf pretrain --data=") and "--bf16" in record["command"]
     assert not out.with_name("pretrained.state.pt").exists()
     # fine-tuning starts from every weight of the start point, its decode head included (same three classes)
-    from cryonuseg_hf.model import load_checkpoint
+    from cryonuseg_hf.model.segformer import load_checkpoint
 
     saved, _ = load_checkpoint(out)
     started = build_model(init=out, input_scale=1.5)
@@ -131,8 +131,9 @@ def test_pretrain_command_then_fine_tune_from_it(small_external, tmp_path):
 
 
 def test_interrupted_training_resumes_to_the_same_model(small_external, tmp_path, monkeypatch):
-    from cryonuseg_hf import train as train_module
-    from cryonuseg_hf.train import TrainConfig, fit_segformer
+    from cryonuseg_hf.training import loop as train_module
+    from cryonuseg_hf.training.config import TrainConfig
+    from cryonuseg_hf.training.loop import fit_segformer
 
     data = load_pretraining_tiles(small_external[1:])
     config = TrainConfig(

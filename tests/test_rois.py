@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from roifile import ROI_TYPE, ImagejRoi, roiwrite
 
-from cryonuseg_hf.rois import Nucleus, RoiError, check_nuclei, polygon_area, read_roi_set, write_roi_set
+from cryonuseg_hf.data.masks import check_nuclei
+from cryonuseg_hf.data.rois import Nucleus, RoiError, polygon_area, read_roi_set, write_roi_set
 
 
 def _freehand(points, name, roitype=ROI_TYPE.FREEHAND):

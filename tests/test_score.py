@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryonuseg_hf.masks import instance_masks
-from cryonuseg_hf.rois import Nucleus
-from cryonuseg_hf.score import (
+from cryonuseg_hf.data.masks import instance_masks
+from cryonuseg_hf.data.rois import Nucleus
+from cryonuseg_hf.evaluation.score import (
     geojson_outlines,
     match_files,
     rasterise_outlines,
@@ -249,7 +249,7 @@ def test_bad_geojson_names_the_file_and_the_feature(tmp_path):
 def test_roisets_read_as_the_dataset_masks_are_made(tmp_path):
     from skimage.draw import ellipse_perimeter
 
-    from cryonuseg_hf.rois import read_roi_set, write_roi_set
+    from cryonuseg_hf.data.rois import read_roi_set, write_roi_set
 
     nuclei = []
     for k, (row, col) in enumerate([(5, 5), (9, 10), (12, 4)]):
@@ -271,7 +271,7 @@ def test_roisets_read_as_the_dataset_masks_are_made(tmp_path):
 
 def _export(labels: np.ndarray, image: np.ndarray, folder: Path, tile: str) -> None:
     """The files `cryonuseg-hf predict` writes for a nucleus map: QuPath GeoJSON and the ImageJ RoiSet."""
-    from cryonuseg_hf.export import instance_polygons, nucleus_measurements, write_geojson, write_rois
+    from cryonuseg_hf.model.export import instance_polygons, nucleus_measurements, write_geojson, write_rois
 
     polygons, measurements = instance_polygons(labels), nucleus_measurements(labels, image)
     write_geojson((folder / "geojson").joinpath(f"{tile}.geojson"), polygons, measurements)
@@ -362,7 +362,7 @@ def test_the_cv_predictions_score_as_results_cv_with_the_human_agreement_beside(
 def test_missing_tiles_are_reported_and_everything_is_compared_on_the_same_tiles(
     tmp_path, release, cv_predictions
 ):
-    from cryonuseg_hf.score import report_markdown
+    from cryonuseg_hf.reports.score import report_markdown
 
     tiles = ["Human_Larynx_02", "Human_Skin_01", "Human_Skin_03"]
     for tile in tiles:
@@ -384,10 +384,10 @@ def test_missing_tiles_are_reported_and_everything_is_compared_on_the_same_tiles
     assert report["segformer_cv"]["annotator2"]["mean"]["aji"] == pytest.approx(
         summary["mean"]["aji"], abs=1e-12
     )
-    from cryonuseg_hf.agreement import compare, read_markup
+    from cryonuseg_hf.evaluation.agreement import compare_markups, read_markup
 
     a2, a1 = read_markup(release, "annotator2"), read_markup(release, "annotator1_round1")
-    direct = compare({t: a2[t] for t in tiles}, {t: a1[t] for t in tiles})
+    direct = compare_markups({t: a2[t] for t in tiles}, {t: a1[t] for t in tiles})
     assert report["human"]["annotator2"]["annotator1_round1"]["mean"]["pq"] == pytest.approx(
         direct["mean"]["pq"]
     )
@@ -420,7 +420,7 @@ def test_cli_writes_the_reports_and_fails_clearly(tmp_path, release_path, cv_pre
 def test_docstring_examples():
     import doctest
 
-    import cryonuseg_hf.score
+    import cryonuseg_hf.evaluation.score
 
-    result = doctest.testmod(cryonuseg_hf.score, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(cryonuseg_hf.evaluation.score, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 5 and result.failed == 0

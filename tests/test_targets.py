@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryonuseg_hf.targets import (
+from cryonuseg_hf.data.targets import (
     BACKGROUND,
     BOUNDARY,
     INTERIOR,

@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryonuseg_hf import folds
-from cryonuseg_hf import train as train_module
-from cryonuseg_hf.train import TrainConfig, pack_tiles, sample_batch, train_model, training_indices
+from cryonuseg_hf.core import folds
+from cryonuseg_hf.training import data as train_data
+from cryonuseg_hf.training import loop as train_loop
+from cryonuseg_hf.training.config import TrainConfig
+from cryonuseg_hf.training.cv import train_model
+from cryonuseg_hf.training.data import pack_tiles, training_indices
+from cryonuseg_hf.training.loop import sample_batch
 
 torch = pytest.importorskip("torch")
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -69,14 +73,14 @@ def test_held_out_tiles_never_reach_training(tiles, monkeypatch):
         x, _ = sample_batch(images, classes, training_indices(4), config, rng)
         assert (x.flatten(1) != 255).any(1).all()
     # a broken fold protocol is caught in code, not only here
-    monkeypatch.setattr(train_module, "train_tiles", lambda k: folds.TILE_IDS[:27])
+    monkeypatch.setattr(train_data, "train_tiles", lambda k: folds.TILE_IDS[:27])
     with pytest.raises(RuntimeError, match="held-out tiles"):
         training_indices(0)
 
 
 def test_save_load_identical_outputs(tmp_path, tiles):
-    from cryonuseg_hf.model import build_model, load_checkpoint, save_checkpoint
-    from cryonuseg_hf.postprocess import PostprocessParams, params_from_config
+    from cryonuseg_hf.model.postprocess import PostprocessParams, params_from_config
+    from cryonuseg_hf.model.segformer import build_model, load_checkpoint, save_checkpoint
 
     torch.set_num_threads(2)
     model = build_model("tiny", input_scale=1.5, seed=3).eval()
@@ -95,7 +99,7 @@ def test_save_load_identical_outputs(tmp_path, tiles):
     assert params_from_config(tmp_path / "fp16") == (params, 1.5)
     size = json.loads((tmp_path / "fp16" / "preprocessor_config.json").read_text())["size"]
     assert size == {"height": 768, "width": 768}
-    from cryonuseg_hf.predict import open_predictor
+    from cryonuseg_hf.model.predict import open_predictor
 
     predictor = open_predictor(tmp_path / "fp32", "cpu", "torch", 2)
     probabilities = predictor.probabilities(tiles["images"][0][:80, :72], tta=True)
@@ -109,7 +113,7 @@ def test_stock_pipeline_offline(tmp_path, tiles):
     from PIL import Image
     from transformers import pipeline
 
-    from cryonuseg_hf.model import build_model, save_checkpoint
+    from cryonuseg_hf.model.segformer import build_model, save_checkpoint
 
     save_checkpoint(build_model("tiny", input_scale=1.0), tmp_path / "model")
     segmenter = pipeline("image-segmentation", model=str(tmp_path / "model"), device="cpu")
@@ -145,7 +149,7 @@ def test_cli_fold_and_score(tmp_path, tiles):
     assert not set(record["tuning_tiles"]) & set(record["held_out"])
     assert "## Per organ" in (out / "metrics.md").read_text()
     # one inference path: the held-out prediction is what a user gets from the fold's saved checkpoint
-    from cryonuseg_hf.predict import predict_instances
+    from cryonuseg_hf.model.predict import predict_instances
 
     tile = folds.tiles_of_fold(2)[0]
     user = predict_instances(
@@ -182,7 +186,7 @@ def test_cli_fold_and_score(tmp_path, tiles):
 
 
 def folds_markups() -> tuple[str, ...]:
-    from cryonuseg_hf.release import MARKUPS
+    from cryonuseg_hf.data.release import MARKUPS
 
     return MARKUPS
 
@@ -190,7 +194,7 @@ def folds_markups() -> tuple[str, ...]:
 def test_first_stride_is_a_stock_config_field(tmp_path):
     from transformers import SegformerForSemanticSegmentation
 
-    from cryonuseg_hf.model import build_model, save_checkpoint
+    from cryonuseg_hf.model.segformer import build_model, save_checkpoint
 
     model = build_model("tiny", input_scale=1.0, first_stride=2).eval()
     with torch.inference_mode():
@@ -202,11 +206,10 @@ def test_first_stride_is_a_stock_config_field(tmp_path):
         build_model("tiny", first_stride=3)
 
 
-
 def _nan_loss_on(calls: set[int] | None, monkeypatch, first_bad: int = 0):
     """Make the loss NaN on the given training steps (1-based), or on every step from ``first_bad`` on."""
     count = {"n": 0}
-    real_loss = train_module.loss_fn
+    real_loss = train_loop.loss_fn
 
     def loss_fn(logits, target, config):
         count["n"] += 1
@@ -214,7 +217,7 @@ def _nan_loss_on(calls: set[int] | None, monkeypatch, first_bad: int = 0):
         bad = count["n"] in calls if calls is not None else count["n"] >= first_bad
         return loss * float("nan") if bad else loss
 
-    monkeypatch.setattr(train_module, "loss_fn", loss_fn)
+    monkeypatch.setattr(train_loop, "loss_fn", loss_fn)
 
 
 def test_a_nonfinite_step_is_skipped(tiles, monkeypatch):
@@ -227,7 +230,7 @@ def test_a_nonfinite_step_is_skipped(tiles, monkeypatch):
 
 def test_diverged_training_stops_with_a_clear_error(tiles, monkeypatch, tmp_path):
     _nan_loss_on(None, monkeypatch, first_bad=7)
-    monkeypatch.setattr(train_module, "MAX_NONFINITE_IN_A_ROW", 5)
+    monkeypatch.setattr(train_loop, "MAX_NONFINITE_IN_A_ROW", 5)
     config = TrainConfig(**TINY, steps=40, log_every=4, save_every=0.0)
     state = tmp_path / "fold.state.pt"
     with pytest.raises(FloatingPointError, match=r"diverged: steps 7-11 .*Lower --lr") as error:

@@ -25,7 +25,7 @@ SPOTS = {  # tile -> (row, col) of its top-left corner at level 0
 
 @pytest.fixture(scope="module")
 def mosaic(release):
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     image = np.full((1536, 2560, 3), 255, np.uint8)
     for tile, (row, col) in SPOTS.items():
@@ -35,7 +35,7 @@ def mosaic(release):
 
 @pytest.fixture(scope="module")
 def slide(mosaic, tmp_path_factory):
-    from cryonuseg_hf.wsi import write_pyramid
+    from cryonuseg_hf.model.wsi import write_pyramid
 
     return write_pyramid(tmp_path_factory.mktemp("slide") / "slide.tif", mosaic, MPP, steps=(1, 4, 16))
 
@@ -43,7 +43,7 @@ def slide(mosaic, tmp_path_factory):
 @pytest.fixture(scope="module")
 def whole(mosaic):
     """The stand-in's nuclei of the whole mosaic, labelled in one piece."""
-    from cryonuseg_hf.tiling import predict_tiled
+    from cryonuseg_hf.model.tiling import predict_tiled
 
     return predict_tiled(mosaic, _local_nuclei, tile_size=4096)
 
@@ -55,7 +55,7 @@ def _rows(path):
 
 def _centroids(labels, image, scale=1.0):
     """Sorted (x, y) centroids of labels in an image whose pixel is ``scale`` level-0 pixels (export frame)."""
-    from cryonuseg_hf.export import nucleus_measurements
+    from cryonuseg_hf.model.export import nucleus_measurements
 
     xy = [(r["centroid_x"], r["centroid_y"]) for r in nucleus_measurements(labels, image)]
     return sorted(((x - 0.5) * scale + 0.5, (y - 0.5) * scale + 0.5) for x, y in xy)
@@ -64,10 +64,10 @@ def _centroids(labels, image, scale=1.0):
 def test_slide_nuclei_equal_the_mosaic_exactly_and_blank_glass_is_skipped(slide, mosaic, whole, tmp_path):
     import tifffile
 
-    from cryonuseg_hf.masks import instance_masks
-    from cryonuseg_hf.metrics import score_tile
-    from cryonuseg_hf.rois import Nucleus
-    from cryonuseg_hf.wsi import predict_slide, tissue_pixels
+    from cryonuseg_hf.data.masks import instance_masks
+    from cryonuseg_hf.data.rois import Nucleus
+    from cryonuseg_hf.evaluation.metrics import score_tile
+    from cryonuseg_hf.model.wsi import predict_slide, tissue_pixels
 
     seen = []
 
@@ -112,7 +112,7 @@ def test_slide_nuclei_equal_the_mosaic_exactly_and_blank_glass_is_skipped(slide,
 
 
 def test_roi_keeps_the_nuclei_centred_inside(slide, mosaic, whole, tmp_path):
-    from cryonuseg_hf.wsi import parse_roi, predict_slide
+    from cryonuseg_hf.model.wsi import parse_roi, predict_slide
 
     x, y, w, h = parse_roi("700,100,700,300")
     summary = predict_slide(slide, tmp_path, _local_nuclei, roi=(x, y, w, h))
@@ -130,8 +130,8 @@ def test_roi_keeps_the_nuclei_centred_inside(slide, mosaic, whole, tmp_path):
 
 def test_level_closest_to_the_model_and_level0_coordinates(mosaic, tmp_path):
     """An 80x slide (0.124 um/px): the model reads level 1 (1:2, the tiles' own pixels) as it is."""
-    from cryonuseg_hf.tiling import predict_tiled
-    from cryonuseg_hf.wsi import MODEL_MPP, open_slide, predict_slide, read_model_region, write_pyramid
+    from cryonuseg_hf.model.tiling import predict_tiled
+    from cryonuseg_hf.model.wsi import MODEL_MPP, open_slide, predict_slide, read_model_region, write_pyramid
 
     part = mosaic[:512, 512:1536]
     fine = np.repeat(np.repeat(part, 2, axis=0), 2, axis=1)
@@ -160,7 +160,7 @@ def test_level_closest_to_the_model_and_level0_coordinates(mosaic, tmp_path):
 def test_bad_slides_are_clear_errors(slide, tmp_path):
     import tifffile
 
-    from cryonuseg_hf.wsi import is_slide, open_slide, write_pyramid
+    from cryonuseg_hf.model.wsi import is_slide, open_slide, write_pyramid
 
     data = slide.read_bytes()
     (tmp_path / "cut.tif").write_bytes(data[: len(data) * 2 // 3])
@@ -186,7 +186,7 @@ def test_bad_slides_are_clear_errors(slide, tmp_path):
 
 
 def test_interrupted_run_leaves_no_output(slide, tmp_path):
-    from cryonuseg_hf.wsi import predict_slide
+    from cryonuseg_hf.model.wsi import predict_slide
 
     calls = []
 
@@ -205,7 +205,7 @@ def test_cli_predicts_slides_beside_images(slide, mosaic, tmp_path, capsys):
     from PIL import Image
 
     from cryonuseg_hf.cli import main
-    from cryonuseg_hf.model import build_model, save_checkpoint
+    from cryonuseg_hf.model.segformer import build_model, save_checkpoint
 
     checkpoint = save_checkpoint(build_model("tiny", input_scale=1.0, seed=0), tmp_path / "tiny", fp16=False)
     Image.fromarray(mosaic[:128, 512:640]).save(tmp_path / "small.png")
@@ -231,9 +231,10 @@ def test_shipped_model_on_a_slide_equals_the_image(release, tmp_path):
     import tifffile
 
     import cryonuseg_hf
-    from cryonuseg_hf.metrics import score_tile
-    from cryonuseg_hf.predict import load_predictor, read_image
-    from cryonuseg_hf.wsi import predict_slide, write_pyramid
+    from cryonuseg_hf.evaluation.metrics import score_tile
+    from cryonuseg_hf.model.images import read_image
+    from cryonuseg_hf.model.predict import load_predictor
+    from cryonuseg_hf.model.wsi import predict_slide, write_pyramid
 
     if not (cryonuseg_hf.MODEL_PATH / "config.json").is_file():
         pytest.skip(f"{cryonuseg_hf.MODEL_PATH} holds no checkpoint")
@@ -251,10 +252,10 @@ def test_model_mpp_is_the_median_of_the_slide_sheet_and_examples_hold(release):
     import doctest
     import statistics
 
-    import cryonuseg_hf.wsi
-    from cryonuseg_hf.metadata import read_slide_metadata
+    import cryonuseg_hf.model.wsi
+    from cryonuseg_hf.data.metadata import read_slide_metadata
 
     sheet = read_slide_metadata(release.root / "metadata" / "Selected_WSIs.xlsx")
     values = [r["microns_per_pixel"] for r in sheet.values() if r["microns_per_pixel"]]
-    assert cryonuseg_hf.wsi.MODEL_MPP == statistics.median(values)
-    assert doctest.testmod(cryonuseg_hf.wsi).failed == 0
+    assert cryonuseg_hf.model.wsi.MODEL_MPP == statistics.median(values)
+    assert doctest.testmod(cryonuseg_hf.model.wsi).failed == 0

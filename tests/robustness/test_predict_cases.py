@@ -90,7 +90,7 @@ def test_palette_tiff(tile, tmp_path):
     """A palette TIFF: colours through its colour map (was: the indices read as grey)."""
     from PIL import Image
 
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     quantized = Image.fromarray(tile).quantize(64)
     palette = np.zeros((256, 3))
@@ -103,7 +103,7 @@ def test_palette_tiff(tile, tmp_path):
 
 def test_miniswhite_tiff(tile, tmp_path):
     """A grey TIFF stored with white as 0 (MINISWHITE): inverted (was: read as a negative)."""
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     grey = tile.mean(axis=2).astype(np.uint8)
     path = tmp_path / "negative.tif"
@@ -115,7 +115,7 @@ def test_jpeg_exif_orientation(tile, tmp_path):
     """A JPEG stored rotated with EXIF orientation 6: turned upright (was: predicted sideways)."""
     from PIL import Image
 
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     image = Image.fromarray(np.ascontiguousarray(np.rot90(tile, 1)))
     exif = image.getexif()
@@ -129,7 +129,7 @@ def test_jpeg_exif_orientation(tile, tmp_path):
 
 def test_tiff_orientation_tag(tile, tmp_path):
     """A TIFF whose Orientation tag says 8 (rotated 90 degrees): turned upright."""
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     path = tmp_path / "rotated.tif"
     stored = np.ascontiguousarray(np.rot90(tile, -1))
@@ -139,7 +139,7 @@ def test_tiff_orientation_tag(tile, tmp_path):
 
 def test_tiff_with_unassociated_extra_sample(tile, tmp_path):
     """An RGB TIFF with a fourth sample of no declared meaning: dropped, not taken as transparency."""
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     path = tmp_path / "extra.tif"
     extra = np.concatenate([tile, np.zeros_like(tile[..., :1])], axis=2)
@@ -228,7 +228,7 @@ def test_write_outputs_is_all_or_nothing(tile, rgb_run, tmp_path, monkeypatch):
     """A rename that fails half-way through replacing a set: the old set comes back whole, no new file is left."""
     import shutil
 
-    from cryonuseg_hf import export
+    from cryonuseg_hf.model import export
 
     out = tmp_path / "out"
     shutil.copytree(rgb_run, out)
@@ -332,7 +332,7 @@ def test_model_folder_without_checkpoint(tmp_path):
 
 def test_float_tiff_is_refused(tile, tmp_path):
     """A float32 TIFF (0..1 or 0..255?): refused as ambiguous, naming the file and what to give."""
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     path = tmp_path / "float.tif"
     path.write_bytes(tiff_bytes(tile.astype(np.float32) / 255, photometric="rgb"))
@@ -342,7 +342,7 @@ def test_float_tiff_is_refused(tile, tmp_path):
 
 def test_stack_tiff_is_refused(tile, tmp_path):
     """A TIFF holding a stack of 3 planes: refused, saying to save one RGB plane per file."""
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     path = tmp_path / "stack.tif"
     path.write_bytes(tiff_bytes(np.stack([tile] * 3), photometric="rgb"))
@@ -352,7 +352,7 @@ def test_stack_tiff_is_refused(tile, tmp_path):
 
 def test_sixteen_bit_tiff_is_scaled(tile, tmp_path):
     """A 16-bit RGB TIFF of a real tile: scaled to the same 8-bit tile (handled, not refused)."""
-    from cryonuseg_hf.predict import read_image
+    from cryonuseg_hf.model.images import read_image
 
     path = tmp_path / "deep.tif"
     path.write_bytes(tiff_bytes(tile.astype(np.uint16) * 257, photometric="rgb"))

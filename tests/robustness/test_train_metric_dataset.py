@@ -60,7 +60,7 @@ def test_pretrain_data_folder_missing(tmp_path):
 
 def test_train_config_checked_for_library_callers():
     """TrainConfig built in code is checked by validate_config too."""
-    from cryonuseg_hf.train import TrainConfig, validate_config
+    from cryonuseg_hf.training.config import TrainConfig, validate_config
 
     with pytest.raises(ValueError, match="--batch-size 0: expected a whole number >= 1"):
         validate_config(TrainConfig(batch_size=0))
@@ -94,7 +94,7 @@ def label_pair(release):
     """A real reference (annotator1_round2) and prediction (annotator2) of Human_Skin_01, cropped to 96 x 96."""
     from skimage.segmentation import relabel_sequential
 
-    from cryonuseg_hf.masks import read_mask
+    from cryonuseg_hf.data.masks import read_mask
 
     crop = (slice(200, 296), slice(200, 296))
     reference = read_mask(
@@ -148,7 +148,7 @@ def test_metric_count_mismatch(metric, label_pair):
 @pytest.fixture(scope="module")
 def one_config_build(release_path, tmp_path_factory):
     """A build of the real release holding one config (annotator2), the cheapest complete build."""
-    from cryonuseg_hf.builder import build
+    from cryonuseg_hf.reports.dataset_build import build
 
     return build(release_path, tmp_path_factory.mktemp("build") / "cryonuseg", markups=("annotator2",))
 
@@ -157,7 +157,7 @@ def test_load_dataset_lossless_instance_mask(one_config_build, release):
     """load_dataset gives back the released uint16 label mask bit for bit."""
     from datasets import load_dataset
 
-    from cryonuseg_hf.masks import read_mask
+    from cryonuseg_hf.data.masks import read_mask
 
     rows = load_dataset(
         str(one_config_build), "annotator2", split="train", columns=["tile_id", "instance_mask"]

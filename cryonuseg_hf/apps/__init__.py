@@ -1,0 +1,1 @@
+"""What users run beyond the CLI: the demo, the Space app, the Hub export and push."""

@@ -1,0 +1,1 @@
+"""Constants and types every layer shares: the fold protocol, paths, tile geometry, machine."""

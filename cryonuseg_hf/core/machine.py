@@ -1,0 +1,27 @@
+"""Where a result was made: one description of the machine for every results file."""
+
+from __future__ import annotations
+
+
+def machine_description(device: str = "cpu") -> str:
+    """The CPU model (from ``lscpu``), the cores this process may use, and the GPU when ``device`` is CUDA.
+
+    >>> machine_description().endswith("no GPU")
+    True
+    """
+    import os
+    import platform
+    import subprocess
+
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        lscpu = ""
+    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln), "")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu = f"{model or platform.processor() or 'unknown CPU'}, {cores} cores"
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{cpu}, GPU {torch.cuda.get_device_name(0)}"
+    return f"{cpu}, no GPU"

@@ -1,0 +1,1 @@
+"""The raw CryoNuSeg release and other nuclei data: reading, checking, masks, the `datasets` build."""

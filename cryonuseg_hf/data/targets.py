@@ -1,0 +1,93 @@
+"""Instance label images -> the semantic class maps a stock SegFormer learns.
+
+A semantic segmentation model cannot output instance ids, so each nucleus is drawn as an *interior* surrounded by
+a *boundary* ring. Touching nuclei are then separated by two rings of boundary pixels, the interiors become the
+watershed markers of :mod:`cryonuseg_hf.model.postprocess`, and the rings are flooded back into the nuclei.
+
+Classes (the ``id2label`` of the checkpoint):
+
+- 0 ``background``;
+- 1 ``nucleus_interior``: nucleus pixels farther than ``boundary_width`` pixels from any other label;
+- 2 ``nucleus_boundary``: nucleus pixels within ``boundary_width`` pixels (4-neighbour steps) of another label
+  or of the background (the image border is not an edge: a cut nucleus keeps its interior there).
+
+>>> import numpy as np
+>>> labels = np.zeros((5, 7), dtype=np.uint16)
+>>> labels[:, 0:3] = 1; labels[:, 3:6] = 2
+>>> instances_to_classes(labels)[2]
+array([1, 1, 2, 2, 1, 2, 0], dtype=uint8)
+>>> instances_to_classes(np.zeros((2, 2), dtype=np.uint16)).max()
+np.uint8(0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+CLASS_NAMES: tuple[str, ...] = ("background", "nucleus_interior", "nucleus_boundary")
+IGNORE_INDEX = 255
+"""Label value the loss skips (kept free: every pixel of a CryoNuSeg tile has a class)."""
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(
+            f"expected an (H, W) integer instance label image, got shape {labels.shape} {labels.dtype}"
+        )
+    if labels.dtype != bool and labels.size and labels.min() < 0:
+        raise ValueError(f"instance labels must be >= 0 (0 = background), got minimum {labels.min()}")
+    return labels.astype(np.int64)
+
+
+def label_edges(labels: np.ndarray) -> np.ndarray:
+    """Nucleus pixels with a 4-neighbour of another label (the background or the image border excluded).
+
+    The image border does not count as an edge: a nucleus cut by the tile border keeps its interior there.
+    """
+    labels = _check_labels(labels)
+    edge = np.zeros(labels.shape, dtype=bool)
+    differs_v = labels[1:, :] != labels[:-1, :]
+    differs_h = labels[:, 1:] != labels[:, :-1]
+    edge[1:, :] |= differs_v
+    edge[:-1, :] |= differs_v
+    edge[:, 1:] |= differs_h
+    edge[:, :-1] |= differs_h
+    return edge & (labels > 0)
+
+
+def instances_to_classes(labels: np.ndarray, boundary_width: int = 1) -> np.ndarray:
+    """The (H, W) uint8 class map (0 background, 1 interior, 2 boundary) of an instance label image.
+
+    Args:
+        labels: (H, W) integer instance labels, 0 = background.
+        boundary_width: ring width in pixels; each further pixel is one 4-neighbour step inside the nucleus.
+
+    Returns:
+        uint8 class map of the same shape.
+    """
+    if boundary_width < 1:
+        raise ValueError(f"boundary_width must be >= 1, got {boundary_width}")
+    labels = _check_labels(labels)
+    nucleus = labels > 0
+    boundary = label_edges(labels)
+    for _ in range(boundary_width - 1):
+        grown = boundary.copy()
+        grown[1:, :] |= boundary[:-1, :] & (labels[1:, :] == labels[:-1, :])
+        grown[:-1, :] |= boundary[1:, :] & (labels[:-1, :] == labels[1:, :])
+        grown[:, 1:] |= boundary[:, :-1] & (labels[:, 1:] == labels[:, :-1])
+        grown[:, :-1] |= boundary[:, 1:] & (labels[:, :-1] == labels[:, 1:])
+        boundary = grown & nucleus
+    classes = np.zeros(labels.shape, dtype=np.uint8)
+    classes[nucleus] = INTERIOR
+    classes[boundary] = BOUNDARY
+    return classes
+
+
+def classes_to_probabilities(classes: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """One-hot (C, H, W) float32 probabilities of a class map: the ideal output of a perfect model."""
+    classes = np.asarray(classes)
+    if classes.ndim != 2 or classes.size and classes.max() >= n_classes:
+        raise ValueError(f"expected an (H, W) class map with values < {n_classes}, got {classes.shape}")
+    return (np.arange(n_classes)[:, None, None] == classes[None]).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Scores of nuclei instances: the metric, the human agreement, scoring predictions."""

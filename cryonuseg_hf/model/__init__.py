@@ -1,0 +1,1 @@
+"""The SegFormer: checkpoints, training targets, inference, post-processing, tiling, export."""

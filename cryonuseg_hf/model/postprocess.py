@@ -1,0 +1,259 @@
+"""Class probabilities (background / nucleus interior / nucleus boundary) -> nuclei instance labels.
+
+The recipe, in the order it runs:
+
+1. markers: connected components (4-neighbour) of ``p_interior > interior_threshold``; components smaller than
+   ``min_marker_size`` pixels are dropped;
+2. nucleus region: ``1 - p_background > mask_threshold`` (interior or boundary);
+3. watershed of the markers into the nucleus region on the elevation ``1 - p_interior``, so boundary rings go
+   to the interior they surround and touching nuclei split along the boundary class;
+4. region components that hold no marker (nuclei too thin to have an interior) become nuclei of their own;
+5. background enclosed by one nucleus (a hole) becomes part of it, so every nucleus is the region inside its
+   outline and the exported outlines (GeoJSON, ImageJ ROIs) rasterise back to the same labels;
+6. instances smaller than ``min_size`` pixels are removed, and labels are renumbered 1..N.
+
+The tuned parameters travel with the checkpoint: ``config.json`` holds them under ``cryonuseg_postprocess`` and
+the input scale under ``cryonuseg_input_scale``; :func:`params_from_config` reads both. ``tune_params`` picks
+them on training tiles only (the caller passes training tiles; nothing here knows the folds).
+
+>>> import numpy as np
+>>> probabilities_to_instances(np.stack([np.ones((4, 4)), np.zeros((4, 4)), np.zeros((4, 4))])).max()
+np.int32(0)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+CONFIG_KEY = "cryonuseg_postprocess"
+INPUT_SCALE_KEY = "cryonuseg_input_scale"
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Thresholds of :func:`probabilities_to_instances` (probabilities in 0..1, sizes in pixels at 40x)."""
+
+    interior_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    min_marker_size: int = 3
+    min_size: int = 10
+    unmarked_components: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PostprocessParams:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(
+                f"unknown post-processing parameter(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**values)
+
+
+def config_values(config: Any) -> dict[str, Any]:
+    """A checkpoint's config as a dict, from a ``transformers`` config, a dict, or a path to ``config.json`` or to
+    a checkpoint folder: the one place a checkpoint's ``config.json`` is read for its values."""
+    import json
+    import os
+    from pathlib import Path
+
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint config.json there")
+        return json.loads(path.read_text())
+    return config if isinstance(config, dict) else config.to_dict()
+
+
+def params_from_config(config: Any) -> tuple[PostprocessParams, float]:
+    """The post-processing parameters and input scale stored in a checkpoint config.
+
+    Args:
+        config: a ``transformers`` config, a dict (``config.json`` contents) or a path to ``config.json`` or to
+            a checkpoint folder.
+
+    Returns:
+        ``(params, input_scale)``; defaults (and scale 1.0) for keys the config does not carry.
+    """
+    values = config_values(config)
+    params = PostprocessParams.from_dict(values.get(CONFIG_KEY) or {})
+    scale = float(values.get(INPUT_SCALE_KEY, 1.0))
+    if scale <= 0:
+        raise ValueError(f"{INPUT_SCALE_KEY} must be > 0, got {scale}")
+    return params, scale
+
+
+def _check_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if probabilities.ndim != 3 or probabilities.shape[0] < 3:
+        raise ValueError(
+            "expected (C, H, W) class probabilities with C >= 3 (background, nucleus interior, nucleus boundary), "
+            f"got shape {probabilities.shape}"
+        )
+    if not np.isfinite(probabilities).all():
+        raise ValueError("class probabilities hold NaN or infinite values")
+    return probabilities
+
+
+def probabilities_to_instances(
+    probabilities: np.ndarray, params: PostprocessParams | dict | None = None
+) -> np.ndarray:
+    """Nuclei instance labels from class probabilities.
+
+    Args:
+        probabilities: (C, H, W) float32 softmax output at image resolution; channel 0 background, 1 nucleus
+            interior, 2 nucleus boundary.
+        params: a :class:`PostprocessParams`, its dict form, or None for the defaults.
+
+    Returns:
+        (H, W) int32 instance labels, 0 = background, nuclei numbered 1..N in raster order of their first pixel.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    probabilities = _check_probabilities(probabilities)
+    if params is None:
+        params = PostprocessParams()
+    elif isinstance(params, dict):
+        params = PostprocessParams.from_dict(params)
+    p_interior = probabilities[1]
+    region = (1.0 - probabilities[0]) > params.mask_threshold
+    seeds = (p_interior > params.interior_threshold) & region
+    markers, n_markers = ndi.label(seeds)
+    if n_markers and params.min_marker_size > 1:
+        sizes = np.bincount(markers.ravel())
+        small = sizes < params.min_marker_size
+        small[0] = False
+        markers[small[markers]] = 0
+    labels = watershed(1.0 - p_interior, markers=markers, mask=region) if markers.any() else markers
+    if params.unmarked_components:
+        orphans, n_orphans = ndi.label(region & (labels == 0))
+        if n_orphans:
+            labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    return _relabel(fill_holes(labels), params.min_size)
+
+
+def fill_holes(labels: np.ndarray) -> np.ndarray:
+    """Background pixels enclosed by a single instance given to it (holes as ``ndimage.binary_fill_holes`` finds them).
+
+    >>> ring = np.pad(np.pad(np.zeros((1, 1), int), 1, constant_values=3), 1)
+    >>> int(fill_holes(ring)[2, 2])
+    3
+    """
+    from scipy import ndimage as ndi
+
+    labels = labels.copy()
+    for value, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        crop = labels[box]
+        mask = crop == value
+        holes = ndi.binary_fill_holes(mask) & ~mask & (crop == 0)
+        crop[holes] = value
+    return labels
+
+
+def _relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Labels smaller than ``min_size`` removed, the rest renumbered 1..N in raster order."""
+    flat = labels.ravel()
+    sizes = np.bincount(flat)
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    values, first = np.unique(flat, return_index=True)
+    kept = [(pos, v) for v, pos in zip(values, first, strict=True) if keep[v]]
+    lookup = np.zeros(len(sizes), dtype=np.int32)
+    for new, (_, old) in enumerate(sorted(kept), start=1):
+        lookup[old] = new
+    return lookup[labels]
+
+
+def param_grid(
+    interior_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    mask_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+    min_sizes: Sequence[int] = (5, 10, 20, 30, 45, 60, 80),
+) -> list[PostprocessParams]:
+    """The candidates :func:`tune_params` tries by default.
+
+    Widened after tuned values sat on the edge of a smaller grid; the ten CV models of ``results/cv`` chose
+    interior 0.8, mask 0.6-0.7 and minimum sizes of 45-60 pixels (a 40x nucleus covers about 100-400 pixels),
+    so the mask threshold still touches this grid's edge in three folds.
+    """
+    return [
+        PostprocessParams(interior_threshold=i, mask_threshold=m, min_size=s)
+        for i, m, s in itertools.product(interior_thresholds, mask_thresholds, min_sizes)
+    ]
+
+
+def tune_params(
+    probabilities: Iterable[np.ndarray],
+    references: Iterable[np.ndarray],
+    candidates: Sequence[PostprocessParams] | None = None,
+    objective: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    workers: int = 1,
+) -> tuple[PostprocessParams, list[dict[str, Any]]]:
+    """The candidate with the best mean objective over (probabilities, reference instances) pairs.
+
+    Pass training tiles only: the chosen parameters ship with the model and are applied to unseen tiles.
+
+    Args:
+        probabilities: per tile, (C, H, W) probabilities from the model.
+        references: per tile, (H, W) ground-truth instance labels.
+        candidates: parameter sets to try (default :func:`param_grid`).
+        objective: ``f(truth, prediction) -> float`` to maximise; default mean of AJI and PQ from
+            ``cryonuseg_hf.evaluation.metrics.score_tile``.
+        workers: processes scoring tiles in parallel (default objective only; results do not depend on it).
+
+    Returns:
+        ``(best params, one record per candidate with its params and mean objective)``.
+    """
+    pairs = list(zip(probabilities, references, strict=True))
+    if not pairs:
+        raise ValueError("tune_params needs at least one (probabilities, reference) pair")
+    candidates = list(candidates) if candidates is not None else param_grid()
+    if workers > 1 and objective is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the caller may hold a CUDA context or OpenMP threads that a forked child would inherit
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
+            futures = [pool.submit(_tile_objectives, p, ref, candidates, None) for p, ref in pairs]
+            per_tile = [future.result() for future in futures]
+    else:
+        per_tile = [_tile_objectives(p, ref, candidates, objective) for p, ref in pairs]
+    means = np.mean(np.array(per_tile), axis=0)
+    records = [
+        {**params.to_dict(), "objective": float(value)}
+        for params, value in zip(candidates, means, strict=True)
+    ]
+    return candidates[int(np.argmax(means))], records
+
+
+def _default_objective(truth: np.ndarray, prediction: np.ndarray) -> float:
+    from cryonuseg_hf.evaluation.metrics import score_tile
+
+    scores = score_tile(truth, prediction)
+    return 0.5 * (scores["aji"] + scores["pq"])
+
+
+def _tile_objectives(probabilities, reference, candidates, objective) -> list[float]:
+    """The objective of every candidate on one tile; the watershed runs once per setting other than min_size."""
+    objective = objective or _default_objective
+    unfiltered: dict[PostprocessParams, np.ndarray] = {}
+    values = []
+    for params in candidates:
+        key = replace(params, min_size=0)
+        if key not in unfiltered:
+            unfiltered[key] = probabilities_to_instances(probabilities, key)
+        values.append(float(objective(reference, _relabel(unfiltered[key], params.min_size))))
+    return values

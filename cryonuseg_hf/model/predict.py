@@ -1,0 +1,423 @@
+"""Nuclei instances from any H&E image: read it, run the SegFormer (in tiles when large), post-process.
+
+The data flow, one function each:
+
+1. :func:`~cryonuseg_hf.model.images.read_image` / :func:`~cryonuseg_hf.model.images.as_rgb8`: a PNG, JPEG or TIFF file (or an array) -> (H, W, 3) uint8 RGB. Grey,
+   RGBA, palette and 16-bit images are converted and the conversion is logged; anything else is an error that
+   names the file. The size is checked from the file header before any pixel is decoded.
+2. :func:`load_predictor`: a saved checkpoint (default ``cryonuseg_hf.MODEL_PATH``) -> a :class:`Predictor`
+   that maps an RGB tile to (C, H, W) class probabilities, with torch or onnxruntime
+   (:mod:`cryonuseg_hf.model.onnx_backend`) and the post-processing parameters stored in the checkpoint.
+3. :func:`predict_instances`: image -> (H, W) int32 instance labels; images larger than one tile go through
+   :func:`cryonuseg_hf.model.tiling.predict_tiled`, which makes exactly one tile own each nucleus.
+4. :func:`predict_files`: many files -> label TIFF, overlay PNG, GeoJSON, ImageJ ROI zip and CSV per image
+   (:mod:`cryonuseg_hf.model.export`), one bad file reported without stopping the others.
+
+:func:`instances_from_pipeline` turns the output of the stock ``pipeline("image-segmentation")`` into instances.
+
+torch, transformers and onnxruntime are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryonuseg_hf.core.tiles import TILE_SIZE
+from cryonuseg_hf.model.images import MAX_PIXELS, as_rgb8, find_images, read_image, tissue_problem
+from cryonuseg_hf.model.segformer import resolve_device
+
+logger = logging.getLogger(__name__)
+
+MARGIN = 64
+"""Default context on each side of a tile's core, in image pixels: larger than any 40x nucleus."""
+_PAD_MULTIPLE = 32  # SegFormer downsamples by 32 in its last stage
+_MAX_GRID_STEP = 128  # tiles of 512 px with 64 px margins keep a core of 257 px or more
+BACKENDS = ("auto", "torch", "onnx")
+
+
+# ------------------------------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded checkpoint: RGB tile -> class probabilities, plus what the checkpoint says about using it.
+
+    Attributes:
+        model_path: the checkpoint folder.
+        backend: ``torch`` or ``onnx``.
+        device: ``cpu`` or ``cuda``.
+        input_scale: the tile is upsampled by this factor before the encoder (``cryonuseg_input_scale``).
+        params: post-processing parameters (``cryonuseg_postprocess``), a ``PostprocessParams``.
+        run: (N, 3, H, W) float32 RGB in 0..255 -> (N, C, H, W) float32 probabilities at the same size.
+    """
+
+    model_path: Path
+    backend: str
+    device: str
+    input_scale: float
+    params: Any
+    run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+
+    def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
+        """(C, H, W) float32 class probabilities of an (H, W, 3) uint8 image, at image resolution.
+
+        The image is padded (mirrored) to a multiple of 32 pixels and at least 32 on each side, and the padding is
+        cut off the result. ``tta`` averages over the 8 flips and rotations (8x slower).
+        """
+        height, width = image.shape[:2]
+        pad_h = max(_PAD_MULTIPLE, -(-height // _PAD_MULTIPLE) * _PAD_MULTIPLE) - height
+        pad_w = max(_PAD_MULTIPLE, -(-width // _PAD_MULTIPLE) * _PAD_MULTIPLE) - width
+        padded = _mirror_pad(image, pad_h, pad_w)
+        x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
+        if not tta:
+            return self.run(x)[0, :, :height, :width]
+        total = np.zeros((1, 0, 0, 0), np.float32)
+        for k in range(4):
+            for flip in (False, True):
+                view = np.rot90(x, k, axes=(2, 3))
+                view = view[..., ::-1] if flip else view
+                p = self.run(np.ascontiguousarray(view))
+                p = np.rot90(p[..., ::-1] if flip else p, -k, axes=(2, 3))
+                total = total + p if total.size else p
+        return np.ascontiguousarray(total[0, :, :height, :width] / 8.0)
+
+
+def _mirror_pad(image: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
+    if pad_h == 0 and pad_w == 0:
+        return image
+    # "symmetric" repeats the image as often as needed, so even a 1x1 image pads to 32x32
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+
+
+def _checkpoint_path(model: str | os.PathLike | None) -> Path:
+    from cryonuseg_hf.core.paths import MODEL_PATH
+
+    path = Path(model) if model is not None else MODEL_PATH
+    if not (path / "config.json").is_file():
+        where = "the shipped checkpoint " if model is None else ""
+        raise FileNotFoundError(f"{where}{path}: not a saved SegFormer checkpoint (no config.json there)")
+    return path
+
+
+def _torch_runner(model_path: Path, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    from cryonuseg_hf.model.segformer import load_torch_module
+
+    module, _ = load_torch_module(model_path, device)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            probabilities, _ = module(torch.from_numpy(batch).to(device))
+        return probabilities.float().cpu().numpy()
+
+    return run
+
+
+def load_predictor(
+    model: str | os.PathLike | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+    threads: int | None = None,
+) -> Predictor:
+    """Load a checkpoint for prediction (cached: loading the same one again is free).
+
+    Args:
+        model: a ``save_pretrained`` SegFormer folder; default the shipped ``cryonuseg_hf.MODEL_PATH``.
+        device: ``auto`` (CUDA when torch sees a GPU), ``cpu`` or ``cuda``.
+        backend: ``torch``, ``onnx`` (onnxruntime; the model is exported once, checked against torch on real
+            tiles and cached, see :mod:`cryonuseg_hf.model.onnx_backend`), or ``auto``: onnx on the CPU (torch, with a
+            warning, if the export fails or cannot be cached), torch on a GPU.
+        threads: CPU threads for torch and onnxruntime (default: their own choice).
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: unknown backend or device, or CUDA asked for without a GPU.
+        cryonuseg_hf.model.onnx_backend.OnnxMismatchError: the exported model disagrees with torch.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    path = _checkpoint_path(model).resolve()
+    device = resolve_device(device)
+    try:
+        return _load_predictor(path, device, backend, threads)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as error:  # transformers, safetensors and json raise many types for a damaged checkpoint
+        from cryonuseg_hf.model.onnx_backend import OnnxMismatchError
+
+        if isinstance(error, OnnxMismatchError) or str(path) in str(error):  # already says what is wrong
+            raise
+        raise ValueError(
+            f"{_damaged_file(path)}: cannot load the checkpoint ({type(error).__name__}: {error}); the file is "
+            "damaged: save or copy the checkpoint again, or pass another --model"
+        ) from None
+
+
+def _damaged_file(folder: Path) -> Path:
+    """The file of a checkpoint that failed to load: a JSON file that does not parse, else the weights."""
+    import json
+
+    for name in ("config.json", "preprocessor_config.json"):
+        try:
+            json.loads((folder / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            return folder / name
+    return folder / "model.safetensors"
+
+
+def open_predictor(path: Path, device: str, backend: str, threads: int | None) -> Predictor:
+    """:func:`load_predictor` without its cache and argument checks: read the checkpoint now."""
+    from cryonuseg_hf.model.postprocess import params_from_config
+
+    path = Path(path)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    params, input_scale = params_from_config(path)
+    run = None
+    if backend == "auto" and device == "cpu":
+        from cryonuseg_hf.model.onnx_backend import onnx_runner
+
+        try:
+            run, backend = onnx_runner(path, device=device, threads=threads), "onnx"
+        except (OSError, ValueError) as error:  # OnnxMismatchError is a ValueError
+            logger.warning("ONNX backend unavailable, using torch (%s)", error)
+    elif backend == "onnx":
+        from cryonuseg_hf.model.onnx_backend import onnx_runner
+
+        run = onnx_runner(path, device=device, threads=threads)
+    if run is None:
+        backend, run = "torch", _torch_runner(path, device)
+    logger.info("loaded %s (%s on %s, input scale %g)", path, backend, device, input_scale)
+    return Predictor(path, backend, device, input_scale, params, run)
+
+
+_load_predictor = functools.lru_cache(maxsize=4)(open_predictor)
+
+
+# ---------------------------------------------------------------------------------------------- instances
+
+
+def predict_instances(
+    image: np.ndarray | str | os.PathLike,
+    model: str | os.PathLike | Predictor | None = None,
+    *,
+    device: str = "auto",
+    backend: str = "auto",
+    params: Any = None,
+    tile_size: int = TILE_SIZE,
+    margin: int = MARGIN,
+    tta: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Nuclei instance labels of an H&E image at 40x.
+
+    Args:
+        image: an (H, W, 3) uint8 RGB array (grey, RGBA and 16-bit are converted), or a PNG/JPEG/TIFF path.
+        model: a checkpoint folder, a :class:`Predictor` from :func:`load_predictor` (fastest for many images),
+            or None for the shipped ``cryonuseg_hf.MODEL_PATH``.
+        device: ``auto``, ``cpu`` or ``cuda`` (ignored when ``model`` is a Predictor).
+        backend: ``auto``, ``torch`` or ``onnx`` (ignored when ``model`` is a Predictor).
+        params: post-processing parameters (``PostprocessParams`` or dict); default those in the checkpoint.
+        tile_size: images larger than this (either side) are predicted in tiles of this side ...
+        margin: ... each owning the nuclei whose centroid lies in its core, ``margin`` pixels in from its edges.
+        tta: average the probabilities over the 8 flips and rotations (8x slower).
+        threads: CPU threads (ignored when ``model`` is a Predictor).
+        progress: show a progress bar over tiles.
+
+    Returns:
+        (H, W) int32 labels, 0 = background, 1..N one per nucleus.
+
+    Example:
+        >>> import cryonuseg_hf
+        >>> labels = cryonuseg_hf.predict_instances("tile.png")  # doctest: +SKIP
+    """
+    from cryonuseg_hf.model.postprocess import probabilities_to_instances
+    from cryonuseg_hf.model.tiling import predict_tiled
+
+    predictor = model if isinstance(model, Predictor) else load_predictor(model, device, backend, threads)
+    if isinstance(image, (str, os.PathLike)):
+        rgb = read_image(image)
+    else:
+        rgb = as_rgb8(image)
+    params = predictor.params if params is None else params
+
+    def predict_tile(tile: np.ndarray) -> np.ndarray:
+        return probabilities_to_instances(predictor.probabilities(tile, tta=tta), params)
+
+    # windows start on the model's sampling grid (stride 32 at its input), as the whole image would
+    align = grid_step(predictor.input_scale)
+    return predict_tiled(
+        rgb, predict_tile, tile_size=tile_size, margin=margin, align=align, progress=progress
+    )
+
+
+def grid_step(input_scale: float) -> int:
+    """The smallest shift in image pixels that moves the model's input by a whole multiple of its 32 px grid.
+
+    A window that starts at a multiple of it is resized and sampled exactly as the same pixels inside the whole
+    image are (bilinear resizing included), so tiled and untiled predictions differ only by what the model sees
+    around them. Scales without such a step of at most 128 px get the nearest one (a sub-pixel offset).
+
+    >>> grid_step(1.0), grid_step(2.0), grid_step(1.5), grid_step(1.25)
+    (32, 16, 64, 128)
+    """
+    for step in range(1, _MAX_GRID_STEP + 1):
+        at_input = step * input_scale / _PAD_MULTIPLE
+        if abs(at_input - round(at_input)) < 1e-9:
+            return step
+    return max(1, round(_PAD_MULTIPLE / input_scale))  # no exact step small enough: the nearest grid
+
+
+def instances_from_pipeline(segments: Sequence[dict], config: Any, params: Any = None) -> np.ndarray:
+    """Instances from the output of the stock ``transformers`` ``pipeline("image-segmentation")``.
+
+    The stock pipeline returns one binary mask per semantic class (the argmax of the upsampled logits), not
+    nuclei. This turns those masks into one-hot class probabilities and runs this package's post-processing,
+    so the result is the same as :func:`predict_instances` up to the soft probabilities it cannot see.
+    The pipeline's image processor resizes every image to the fixed training size (``512 * input_scale``), so
+    this path is right for 512x512 tiles at 40x only; use :func:`predict_instances` for other sizes.
+
+    Args:
+        segments: the pipeline's list of ``{"label": class name, "mask": PIL image}``.
+        config: the model config (``pipe.model.config``), a dict or a checkpoint folder; gives ``label2id``
+            and the post-processing parameters.
+        params: override the post-processing parameters.
+
+    Returns:
+        (H, W) int32 instance labels.
+
+    Example:
+        >>> from transformers import pipeline  # doctest: +SKIP
+        >>> pipe = pipeline("image-segmentation", model=str(cryonuseg_hf.MODEL_PATH))  # doctest: +SKIP
+        >>> labels = instances_from_pipeline(pipe("tile.png"), pipe.model.config)  # doctest: +SKIP
+    """
+    from cryonuseg_hf.model.postprocess import config_values, params_from_config, probabilities_to_instances
+
+    values = config_values(config)
+    label2id = {str(k): int(v) for k, v in values["label2id"].items()}
+    if not segments:
+        raise ValueError("the pipeline returned no segment")
+    first = np.asarray(segments[0]["mask"])
+    probabilities = np.zeros((len(label2id), *first.shape[:2]), np.float32)
+    for segment in segments:
+        if segment["label"] not in label2id:
+            raise ValueError(
+                f"pipeline label {segment['label']!r} is not in the config's label2id {label2id}"
+            )
+        mask = np.asarray(segment["mask"])
+        if mask.shape[:2] != first.shape[:2]:
+            raise ValueError(f"pipeline masks differ in size: {mask.shape} vs {first.shape}")
+        probabilities[label2id[segment["label"]]] = mask > 0
+    if params is None:
+        params, _ = params_from_config(values)
+    return probabilities_to_instances(probabilities, params)
+
+
+# -------------------------------------------------------------------------------------------------- files
+
+
+def predict_files(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    predictor: Predictor,
+    *,
+    overwrite: bool = False,
+    tile_size: int = TILE_SIZE,
+    margin: int = MARGIN,
+    tta: bool = False,
+    max_pixels: int = MAX_PIXELS,
+    progress: bool = True,
+    allow_non_tissue: bool = False,
+) -> tuple[dict[Path, dict[str, Path]], dict[Path, str]]:
+    """Predict every image and write its outputs (see :func:`cryonuseg_hf.model.export.write_outputs`).
+
+    A file that fails (missing, unreadable, not an image, too large, not a tissue image, outputs already there
+    without ``overwrite``) is reported in the second result, nothing is written for it, and the others go on.
+    The five outputs of an image are written as one set (all or none).
+
+    Args:
+        inputs: image files and folders of images.
+        out_dir: output folder (created); must be writable.
+        predictor: from :func:`load_predictor`.
+        overwrite: replace existing outputs; otherwise an image whose outputs exist fails.
+        tile_size, margin, tta: as in :func:`predict_instances`.
+        max_pixels: as in :func:`read_image`.
+        progress: show a progress bar (tqdm) over images.
+        allow_non_tissue: predict images that :func:`tissue_problem` refuses (black, blank, grey, unstained),
+            with a logged warning, instead of failing them.
+
+    Returns:
+        ``(written, failures)``: input path -> {output kind -> path}, and input path -> error message.
+
+    Raises:
+        PermissionError, FileExistsError: the output folder cannot be created or written, or is a file.
+    """
+    from tqdm.auto import tqdm
+
+    from cryonuseg_hf.model.export import output_paths, write_outputs
+
+    out_dir = ensure_writable_folder(out_dir)
+    paths = find_images(inputs)
+    written: dict[Path, dict[str, Path]] = {}
+    failures: dict[Path, str] = {}
+    seen_stems: dict[str, Path] = {}
+    for path in tqdm(paths, desc="predict", unit="image", disable=not progress or len(paths) < 2):
+        try:
+            if path.stem in seen_stems:
+                raise ValueError(f"{path}: same name as {seen_stems[path.stem]}; its outputs would collide")
+            seen_stems[path.stem] = path
+            targets = output_paths(out_dir, path.stem)
+            existing = [str(p) for p in targets.values() if p.exists()]
+            if existing and not overwrite:
+                raise FileExistsError(
+                    f"{path}: outputs exist already ({', '.join(existing)}); pass --overwrite to replace them"
+                )
+            image = read_image(path, max_pixels=max_pixels)
+            problem = tissue_problem(image)
+            if problem and not allow_non_tissue:
+                raise ValueError(
+                    f"{path}: not an H&E tissue image: {problem}; nothing predicted (pass --allow-non-tissue "
+                    "to predict it anyway)"
+                )
+            if problem:
+                logger.warning("%s: not an H&E tissue image (%s); predicted anyway", path, problem)
+            labels = predict_instances(
+                image, predictor, tile_size=tile_size, margin=margin, tta=tta, progress=progress
+            )
+            written[path] = write_outputs(image, labels, out_dir, path.stem, overwrite=overwrite)
+        except (OSError, ValueError) as error:
+            failures[path] = str(error)
+            logger.info("failed: %s", error)
+    return written, failures
+
+
+def ensure_writable_folder(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that files can be written there, before any work is done."""
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: output path exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"{path}: cannot write to the output folder ({error.strerror or error})"
+        ) from None
+    return path

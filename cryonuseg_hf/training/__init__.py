@@ -1,0 +1,1 @@
+"""Pretraining, fold training, the cross-validation and the shipped model."""

@@ -1,0 +1,116 @@
+"""The training recipe: every option that decides a trained model, with its checks.
+
+A :class:`TrainConfig` is saved beside every result and checkpoint (``cryonuseg_train_config`` in a checkpoint's
+``config.json``); the CLI builds one from its options, and a resumed run must have the same :func:`recipe`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from cryonuseg_hf.core.tiles import TILE_SIZE
+from cryonuseg_hf.data.release import DEFAULT_MARKUP, MARKUPS
+from cryonuseg_hf.model.segformer import DEVICES, VARIANTS
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a trained model; saved beside every result and checkpoint."""
+
+    variant: str = "b0"
+    input_scale: float = 2.0
+    first_stride: int = 4
+    """Stride of SegFormer's first patch embedding (4 in the paper; 2 doubles the output resolution)."""
+    init: str | None = None
+    markup: str = DEFAULT_MARKUP
+    boundary_width: int = 1
+    steps: int = 1500
+    max_seconds: float | None = None
+    """Optional wall-clock budget per model: after 10 timed steps, ``steps`` is cut to fit it."""
+    batch_size: int = 16
+    crop: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 50
+    class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    dice_weight: float = 1.0
+    scale_jitter: float = 0.15
+    tta: bool = True
+    tune_tiles: int = 9
+    """Training tiles the post-processing is tuned on (one per organ first); 0 = all training tiles."""
+    workers: int = 1
+    """Processes for the post-processing grid search (results do not depend on it)."""
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 2
+    log_every: int = 25
+    bf16: bool = False
+    """bf16 autocast on the CPU too (always on with CUDA)."""
+    save_every: float = 300.0
+    """Seconds between resumable training states (with ``state_path``)."""
+
+
+INT_MINIMUMS: dict[str, int] = {
+    "first_stride": 1,
+    "boundary_width": 1,
+    "steps": 1,
+    "batch_size": 1,
+    "crop": 32,  # one cell of SegFormer's 32 px grid; smaller crops round to an empty input
+    "warmup": 0,
+    "tune_tiles": 0,
+    "workers": 1,
+    "seed": 0,
+    "threads": 1,
+    "log_every": 1,
+}
+"""The smallest value of each integer ``TrainConfig`` field (the CLI's argument types use them too)."""
+
+
+MAX_CROP = TILE_SIZE
+"""The side of a CryoNuSeg tile: a training crop cannot be larger."""
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """Check every field of ``config`` before any work; return it.
+
+    Raises:
+        ValueError: the first bad field, named as its command-line option, with the values it takes.
+    """
+
+    def bad(name: str, expected: str) -> ValueError:
+        value = getattr(config, name)
+        return ValueError(f"--{name.replace('_', '-')} {value!r}: expected {expected}")
+
+    for name, minimum in INT_MINIMUMS.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise bad(name, f"a whole number >= {minimum}")
+    if config.crop > MAX_CROP:
+        raise bad("crop", f"at most {MAX_CROP} (the tile side)")
+    if config.markup not in MARKUPS:
+        raise bad("markup", f"one of {', '.join(MARKUPS)}")
+    if config.variant not in VARIANTS:
+        raise bad("variant", f"one of {', '.join(VARIANTS)}")
+    if config.device not in DEVICES:
+        raise bad("device", f"one of {', '.join(DEVICES)}")
+    for name in ("input_scale", "lr", "save_every"):
+        if not math.isfinite(getattr(config, name)) or getattr(config, name) <= 0:
+            raise bad(name, "a number > 0")
+    for name in ("weight_decay", "dice_weight"):
+        if not math.isfinite(getattr(config, name)) or getattr(config, name) < 0:
+            raise bad(name, "a number >= 0")
+    if not 0 <= config.scale_jitter < 1:
+        raise bad("scale_jitter", "a number in [0, 1)")
+    if config.max_seconds is not None and not config.max_seconds > 0:
+        raise bad("max_seconds", "a number of seconds > 0")
+    return config
+
+
+RUN_OPTIONS = ("threads", "log_every", "save_every", "workers")
+"""``TrainConfig`` fields that change how a run goes, not what it makes: a resumed run may change them."""
+
+
+def recipe(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RUN_OPTIONS}

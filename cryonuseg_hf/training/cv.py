@@ -1,0 +1,295 @@
+"""SegFormer training with the leave-one-organ-out fold protocol: pretraining, folds, the CV and the final model.
+
+All 30 tiles live on the training device as two tensors (uint8 images, uint8 class maps), and every step draws
+random crops there, augments them there (dihedral flips, stain jitter in optical density, brightness/contrast,
+defocus blur, noise, input-scale jitter) and runs under bf16 autocast on a GPU: there is no data loader to wait
+for. The same code runs on a CPU, only slower.
+
+The shipped recipe, run on a 2-core CPU (bf16 autocast pays 1.6x there; ``results/train_step_cpu.md``): one
+start point pretrained on other 40x nuclei data (:mod:`cryonuseg_hf.data.external`; about an hour), then every fold
+and the final model fine-tuned from it (about 2 minutes each)::
+
+    cryonuseg-hf pretrain --data ../shared/datasets/external/monuseg_train \
+        --data ../shared/datasets/external/nuinsseg_human_spleen --out results/pretrained --input-scale 1 \
+        --boundary-width 2 --bf16 --batch-size 8 --crop 128 --steps 14000 --warmup 200
+    cryonuseg-hf train --cv --final --init results/pretrained --input-scale 1.5 --boundary-width 2 --bf16 \
+        --batch-size 8 --crop 128 --warmup 30 --steps 300 --lr 0.0003
+    cryonuseg-hf model-card
+
+Every run is resumable: the training state is saved every ``--save-every`` seconds and a restarted command
+continues from it; ``--cv`` keeps the folds it finished with the same recipe. Each fold's model is saved in
+``results/cv/models/fold_K`` (git-ignored), and its held-out tiles are predicted from that checkpoint by
+:func:`cryonuseg_hf.model.predict.predict_instances`, the function users call.
+
+On a GPU the same commands take ``--device cuda``; ``train --pack .gpu/cryonuseg_tiles.npz`` packs the tiles
+into one file to carry there (``.gpu/`` is git-ignored). ``--max-seconds`` times steps 10-30 and cuts the cosine
+schedule to fit a wall-clock budget per model; the steps actually run are recorded.
+
+A held-out tile can never reach training: :func:`training_indices` raises if one would, and every fold calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryonuseg_hf.core.folds import TILE_IDS, fold_of, organ_of, tiles_of_fold
+from cryonuseg_hf.core.machine import machine_description
+from cryonuseg_hf.model.segformer import resolve_device
+from cryonuseg_hf.training.config import TrainConfig, recipe
+from cryonuseg_hf.training.data import training_indices, tuning_tiles
+from cryonuseg_hf.training.loop import fit_segformer
+
+logger = logging.getLogger(__name__)
+
+
+def train_model(
+    config: TrainConfig,
+    tiles: dict[str, Any],
+    fold: int | None,
+    progress: bool = True,
+    state_path: str | Path | None = None,
+):
+    """Train one SegFormer on the CryoNuSeg training tiles of ``fold`` (None: all 30). Returns (model, record)."""
+    from cryonuseg_hf.data.targets import instances_to_classes
+
+    indices = training_indices(fold)
+    classes = np.stack(
+        [instances_to_classes(m, config.boundary_width) for m in tiles["masks"][config.markup]]
+    )
+    model, record = fit_segformer(
+        config, tiles["images"], classes, indices, 0 if fold is None else fold + 1, progress, state_path,
+        name=f"fold {fold}",
+    )  # fmt: skip
+    record = {"fold": fold, "train_tiles": [TILE_IDS[i] for i in indices], **record}
+    return model, record
+
+
+def tune_postprocess(predictor, tiles: dict[str, Any], indices: list[int], config: TrainConfig):
+    """Post-processing parameters tuned on the given training tiles, predicted by ``predictor`` without TTA."""
+    from cryonuseg_hf.model.postprocess import tune_params
+
+    probabilities = [predictor.probabilities(tiles["images"][i], tta=False) for i in indices]
+    references = [tiles["masks"][config.markup][i] for i in indices]
+    best, records = tune_params(probabilities, references, workers=config.workers)
+    return best, max(r["objective"] for r in records)
+
+
+def save_tuned(model, config: TrainConfig, tiles: dict[str, Any], indices: list[int], checkpoint: Path):
+    """Save ``model`` as a checkpoint, tune its post-processing on ``indices`` through the saved checkpoint (as a
+    user loads it), store the parameters in it. Returns ``(params, objective, tuning indices)``."""
+    from cryonuseg_hf.model.predict import open_predictor
+    from cryonuseg_hf.model.segformer import save_checkpoint
+
+    model.config.cryonuseg_train_config = asdict(config)
+    save_checkpoint(model, checkpoint)
+    predictor = open_predictor(checkpoint, resolve_device(config.device), "torch", config.threads)
+    tune = tuning_tiles(indices, config.tune_tiles)
+    params, objective = tune_postprocess(predictor, tiles, tune, config)
+    save_checkpoint(model, checkpoint, postprocess=params)
+    return params, objective, tune
+
+
+def fit_fold(config: TrainConfig, tiles: dict[str, Any], fold: int, out_dir: Path) -> dict[str, Any]:
+    """Train fold ``fold``, tune post-processing on its training tiles, write its 3 held-out predictions.
+
+    The fold's model is saved as a checkpoint (``out_dir/models/fold_K``, fp16 like the shipped one) and the
+    held-out tiles are predicted from that checkpoint by :func:`cryonuseg_hf.model.predict.predict_instances`, the
+    function users call, with the same padding and TTA: the CV scores the code that users run.
+    """
+    from PIL import Image
+
+    from cryonuseg_hf.model.predict import open_predictor, predict_instances
+
+    state = out_dir / "models" / f"fold_{fold}.state.pt"
+    model, record = train_model(config, tiles, fold, state_path=state)
+    start = time.perf_counter()
+    checkpoint = out_dir / "models" / f"fold_{fold}"
+    params, objective, tune = save_tuned(model, config, tiles, training_indices(fold), checkpoint)
+    predictor = open_predictor(checkpoint, resolve_device(config.device), "torch", config.threads)
+    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    for tile in tiles_of_fold(fold):
+        i = TILE_IDS.index(tile)
+        assert i not in training_indices(fold)
+        labels = predict_instances(tiles["images"][i], predictor, tta=config.tta)
+        if labels.max() > 65535:
+            raise ValueError(f"{tile}: {labels.max()} instances do not fit a 16-bit PNG")
+        Image.fromarray(labels.astype(np.uint16)).save(out_dir / "predictions" / f"{tile}.png")
+    record.update(
+        held_out=tiles_of_fold(fold),
+        tuning_tiles=[TILE_IDS[i] for i in tune],
+        postprocess=params.to_dict(),
+        tuning_objective_train=round(objective, 4),
+        tune_predict_seconds=round(time.perf_counter() - start, 1),
+        config=asdict(config),
+    )
+    (out_dir / "folds").mkdir(exist_ok=True)
+    (out_dir / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
+    state.unlink(missing_ok=True)
+    return record
+
+
+def fold_done(config: TrainConfig, out_dir: Path, fold: int) -> dict[str, Any] | None:
+    """The record of ``fold`` if ``out_dir`` holds it, made with ``config``, with all 3 predictions; else None."""
+    path = out_dir / "folds" / f"fold_{fold}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    predictions = [out_dir / "predictions" / f"{t}.png" for t in tiles_of_fold(fold)]
+    same = recipe(record.get("config", {})) == recipe(json.loads(json.dumps(asdict(config))))
+    if not same or not all(p.is_file() for p in predictions):
+        return None
+    return record
+
+
+def train_final(config: TrainConfig, tiles: dict[str, Any], checkpoint: Path, state: Path) -> dict[str, Any]:
+    """The all-data model, post-processing tuned on its training tiles, saved as an fp16 checkpoint."""
+    model, record = train_model(config, tiles, None, state_path=state)
+    params, objective, _ = save_tuned(model, config, tiles, training_indices(None), checkpoint)
+    state.unlink(missing_ok=True)
+    record.update(
+        postprocess=params.to_dict(), tuning_objective_train=round(objective, 4), checkpoint=str(checkpoint)
+    )
+    return record
+
+
+def read_predictions(out_dir: Path) -> dict[str, np.ndarray]:
+    """tile id -> held-out instance labels found in ``out_dir/predictions``."""
+    from PIL import Image
+
+    found = {}
+    for tile in TILE_IDS:
+        path = out_dir / "predictions" / f"{tile}.png"
+        if path.is_file():
+            found[tile] = np.asarray(Image.open(path)).astype(np.int32)
+    return found
+
+
+def score_predictions(predictions: dict[str, np.ndarray], tiles: dict[str, Any]) -> dict[str, Any]:
+    """Held-out predictions scored against every loaded mark-up (per tile, organ, fold and mean)."""
+    from cryonuseg_hf.evaluation.metrics import score
+
+    ids = [t for t in TILE_IDS if t in predictions]
+    references = {m: [masks[TILE_IDS.index(t)] for t in ids] for m, masks in tiles["masks"].items()}
+    return score(
+        [predictions[t] for t in ids],
+        references,
+        organs=[organ_of(t) for t in ids],
+        folds=[fold_of(t) for t in ids],
+        tile_ids=ids,
+    )
+
+
+def run_record(config: TrainConfig, command: str, scale_note: str = "") -> dict[str, Any]:
+    """What every fold and final record carries about the run: command, machine, recipe, versions."""
+    import torch
+    import transformers
+
+    return {
+        "command": command,
+        "machine": machine_description(resolve_device(config.device)),
+        "config": asdict(config),
+        "scale_note": scale_note,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+def pretrain(
+    config: TrainConfig,
+    folders: Sequence[str | Path],
+    out: str | Path,
+    command: str,
+    state: str | Path | None = None,
+) -> dict[str, Any]:
+    """One start point from other nuclei data (:mod:`cryonuseg_hf.data.external`), saved as a checkpoint in ``out``
+    with its record (``pretrain.json``). Returns the record.
+
+    Resumable: the training state is saved every ``save_every`` seconds (default ``<out>.state.pt``), and the
+    same call made again continues from it; the state file is removed once the checkpoint is written.
+    """
+    import torch
+    import transformers
+
+    from cryonuseg_hf.data.external import load_pretraining_tiles
+    from cryonuseg_hf.model.segformer import save_checkpoint
+
+    out = Path(out)
+    state = Path(state) if state else out.with_name(out.name + ".state.pt")
+    data = load_pretraining_tiles(folders, config.boundary_width)
+    indices = list(range(len(data["names"])))
+    model, record = fit_segformer(
+        config, data["images"], data["classes"], indices, stream=100, state_path=state, name="pretrain"
+    )
+    model.config.cryonuseg_train_config = asdict(config)
+    save_checkpoint(model, out)
+    record.update(
+        command=command,
+        machine=machine_description(resolve_device(config.device)),
+        config=asdict(config),
+        sources=data["sources"],
+        windows=len(indices),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+    )
+    (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+    state.unlink(missing_ok=True)
+    return record
+
+
+def fit(
+    config: TrainConfig,
+    dataset: dict[str, Any] | None = None,
+    *,
+    out: str | Path,
+    folds: Sequence[int] = (),
+    final_checkpoint: str | Path | None = None,
+    run: dict[str, Any] | None = None,
+) -> list[str]:
+    """Train the given folds (each predicts its held-out tiles into ``out``) and/or the final model.
+
+    Args:
+        config: the recipe.
+        dataset: the tiles (:func:`cryonuseg_hf.training.data.load_tiles`); None loads the project's ``datasets``
+            build of the default raw release.
+        out: the CV folder (``folds/``, ``predictions/``, ``models/``, ``final.json``).
+        folds: folds to train; one already done in ``out`` with this recipe is kept (a restarted run continues).
+        final_checkpoint: where to save the model trained on all 30 tiles; None trains none.
+        run: :func:`run_record` of this run, stored in every record.
+
+    Returns:
+        One summary line per model.
+    """
+    from cryonuseg_hf.training.data import load_tiles
+
+    wrong = [k for k in folds if not 0 <= k < len(TILE_IDS) // 3]
+    if wrong:
+        raise ValueError(f"--fold {wrong[0]}: expected a fold 0..{len(TILE_IDS) // 3 - 1} (one per organ)")
+    tiles = load_tiles() if dataset is None else dataset
+    run = run if run is not None else run_record(config, "cryonuseg_hf.training.cv.fit")
+    out, lines = Path(out), []
+    for fold in folds:
+        if fold_done(config, out, fold) is not None:  # a restarted command continues where it stopped
+            lines.append(f"fold {fold}: already done in {out} with this recipe; kept")
+            continue
+        record = fit_fold(config, tiles, fold, out)
+        record.update(run)
+        (out / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
+        lines.append(
+            f"fold {fold}: {record['steps']} steps in {record['train_seconds']} s, "
+            f"loss {record['loss_first_25']:.3f} -> {record['loss_last_25']:.3f}"
+        )
+    if final_checkpoint is not None:
+        state = out / "models" / "final.state.pt"
+        record = {**train_final(config, tiles, Path(final_checkpoint), state), **run}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "final.json").write_text(json.dumps(record, indent=2) + "\n")
+        lines.append(
+            f"final model: {record['steps']} steps in {record['train_seconds']} s -> {final_checkpoint}"
+        )
+    return lines
