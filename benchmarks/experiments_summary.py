@@ -27,7 +27,9 @@ def pretrain_minutes(init: str | None) -> str:
         return f"`{init}`"
     pretrain = json.loads(record.read_text())
     config = pretrain["config"]
-    stage = f"{pretrain['train_seconds'] / 60:.0f} min ({pretrain['steps']} steps at scale {config['input_scale']}, `{init}`)"
+    machine = pretrain.get("machine", "")
+    where = f" on a GPU ({machine.split('GPU ', 1)[1]})" if "GPU " in machine else ""
+    stage = f"{pretrain['train_seconds'] / 60:.0f} min{where} ({pretrain['steps']} steps of {config['batch_size']}x{config['crop']}² at scale {config['input_scale']}, `{init}`)"
     earlier = config.get("init")
     return f"{pretrain_minutes(earlier)}, then {stage}" if earlier else stage
 
@@ -83,7 +85,8 @@ def main() -> None:
         "",
         "Related measurements: CPU seconds per step of each option (`../train_step_cpu.md`: bf16 autocast 1.6x "
         "faster, first stride 2 3.5x slower) and the ceiling each output resolution allows "
-        "(`resolution_ceiling.md`).",
+        "(`resolution_ceiling.md`). Start points pretrained on a lent GPU machine, and the ones not kept: "
+        "`gpu_pretraining/README.md`.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -233,14 +233,16 @@ def card_body(
     fold_seconds = sum(float(r.get("train_seconds", 0)) for r in metrics["folds"].values() if r)
     if pretrain:
         origin = (
-            f"Pretrained here, on the CPU, on other public 40x H&E nuclei data ({pretrain['windows']} windows of "
+            f"Pretrained here on other public 40x H&E nuclei data ({pretrain['windows']} windows of "
             f"512 px; none of it from CryoNuSeg), then fine-tuned on CryoNuSeg (10 organs x 3 tiles), ground "
             f"truth {markup}. No ImageNet or other outside weights: none could be downloaded where it was made."
         )
         described = [
             f"{stage['steps']} steps of {stage['config']['batch_size']} crops of {stage['config']['crop']} px at "
-            f"input scale {stage['config']['input_scale']} in {stage['train_seconds'] / 60:.0f} min "
-            f"(`{stage['command']}`)"
+            f"input scale {stage['config']['input_scale']} in {stage['train_seconds'] / 60:.0f} min on "
+            f"{stage.get('machine', 'an unrecorded machine')} (`{stage.get('run_by') or stage['command']}`"
+            + (f"; {stage['data_note']}" if stage.get("data_note") else "")
+            + ")"
             for stage in stages
         ]
         total = sum(stage["train_seconds"] for stage in stages) / 60
@@ -253,7 +255,10 @@ def card_body(
     final_command = _short(final.get("command", "cryonuseg-hf train --final"))
     # a `--cv --final` run records one command for both
     reproduce = "\n".join(
-        [*(stage["command"] for stage in stages), *dict.fromkeys([cv_command, final_command])]
+        [
+            *(stage.get("run_by") or stage["command"] for stage in stages),
+            *dict.fromkeys([cv_command, final_command]),
+        ]
     )
     peer_note = ""
     if peers:
@@ -364,7 +369,7 @@ Fine-tuning (CV and shipped model): `{json.dumps(config, sort_keys=True)}`
 
 {chr(10).join(f"Pretraining stage {i + 1}: `{json.dumps(stage['config'], sort_keys=True)}`" + chr(10) for i, stage in enumerate(stages))}
 
-Reproduce on a CPU (every run resumes where it stopped when restarted):
+Reproduce (each stage on the machine named above; every run resumes where it stopped when restarted):
 
 ```bash
 {reproduce}
