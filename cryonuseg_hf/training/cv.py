@@ -1,18 +1,18 @@
 """SegFormer training with the leave-one-organ-out fold protocol: pretraining, folds, the CV and the final model.
 
-All 30 tiles live on the training device as two tensors (uint8 images, uint8 class maps), and every step draws
-random crops there, augments them there (dihedral flips, stain jitter in optical density, brightness/contrast,
-defocus blur, noise, input-scale jitter) and runs under bf16 autocast on a GPU: there is no data loader to wait
-for. The same code runs on a CPU, only slower.
-
-The shipped recipe, run on a 2-core CPU (bf16 autocast pays 1.6x there; ``results/train_step_cpu.md``): one
-start point pretrained on other 40x nuclei data (:mod:`cryonuseg_hf.data.external`; about an hour), then every fold
-and the final model fine-tuned from it (about 2 minutes each)::
+The data come from :mod:`cryonuseg_hf.training.data`, the loop from :mod:`cryonuseg_hf.training.loop`, the
+recipe from :mod:`cryonuseg_hf.training.config`; the CV's results files are written by
+:mod:`cryonuseg_hf.reports.cv`. The shipped recipe: a start point pretrained on other 40x nuclei data
+(:mod:`cryonuseg_hf.data.external`) in two stages, the first on a 2-core CPU (67 min), the second on a lent GPU
+(4 min; ``benchmarks/gpu_pretrain.sh``, which carries the data there with ``benchmarks/gpu_transfer.py``), then
+every fold and the final model fine-tuned from it on the CPU (about 4 minutes each)::
 
     cryonuseg-hf pretrain --data ../shared/datasets/external/monuseg_train \
         --data ../shared/datasets/external/nuinsseg_human_spleen --out results/pretrained --input-scale 1 \
         --boundary-width 2 --bf16 --batch-size 8 --crop 128 --steps 14000 --warmup 200
-    cryonuseg-hf train --cv --final --init results/pretrained --input-scale 1.5 --boundary-width 2 --bf16 \
+    cryonuseg-hf pretrain --data ... --out results/pretrained_gpu --init results/pretrained --input-scale 1 \
+        --boundary-width 2 --batch-size 32 --crop 128 --lr 0.0005 --warmup 200 --steps 4981 --device cuda
+    cryonuseg-hf train --cv --final --init results/pretrained_gpu --input-scale 1.5 --boundary-width 2 --bf16 \
         --batch-size 8 --crop 128 --warmup 30 --steps 300 --lr 0.0003
     cryonuseg-hf model-card
 
@@ -25,7 +25,8 @@ On a GPU the same commands take ``--device cuda``; ``train --pack .gpu/cryonuseg
 into one file to carry there (``.gpu/`` is git-ignored). ``--max-seconds`` times steps 10-30 and cuts the cosine
 schedule to fit a wall-clock budget per model; the steps actually run are recorded.
 
-A held-out tile can never reach training: :func:`training_indices` raises if one would, and every fold calls it.
+A held-out tile can never reach training: :func:`~cryonuseg_hf.training.data.training_indices` raises if one
+would, and every fold calls it.
 """
 
 from __future__ import annotations
