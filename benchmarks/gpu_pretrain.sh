@@ -9,6 +9,7 @@
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 : "${OUT:?set OUT}" "${SECONDS_EACH:=270}" "${THREADS:=4}"
+mkdir -p "$OUT"
 work=/tmp/pretrain && mkdir -p $work/logs
 python3 benchmarks/gpu_transfer.py unpack .gpu/external /tmp/external
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $work/logs/gpu.txt
