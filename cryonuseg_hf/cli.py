@@ -415,10 +415,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """Pack, train folds, score the CV and/or train the final model: the training layer trains, the reports
     layer writes the CV's results files."""
     config = _train_config(args)  # bad options fail here, before torch is imported or data read
-    folds = list(range(len(TILE_IDS) // 3)) if args.cv else list(args.fold or [])
-    wrong = [k for k in folds if not 0 <= k < len(TILE_IDS) // 3]
-    if wrong:
-        raise ValueError(f"--fold {wrong[0]}: expected a fold 0..{len(TILE_IDS) // 3 - 1} (one per organ)")
+    from cryonuseg_hf.core.folds import N_FOLDS
+    from cryonuseg_hf.training.cv import check_folds
+
+    folds = list(range(N_FOLDS)) if args.cv else list(args.fold or [])
+    check_folds(folds)  # before the tiles are loaded
     if not (args.pack or folds or args.score_only or args.final):
         raise ValueError("nothing to do: give --fold K, --cv, --final, --score-only or --pack PATH")
     from cryonuseg_hf.core.paths import MODEL_PATH
@@ -442,7 +443,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     if final is not None:
         lines += fit(config, tiles, out=args.out, final_checkpoint=final, run=run)
-    print("\n".join(lines))
+    if lines:
+        print("\n".join(lines))
     return 0
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from cryonuseg_hf.core.folds import TILE_IDS, fold_of, organ_of, tiles_of_fold
+from cryonuseg_hf.core.folds import N_FOLDS, TILE_IDS, fold_of, organ_of, tiles_of_fold
 from cryonuseg_hf.core.machine import machine_description
 from cryonuseg_hf.model.segformer import resolve_device
 from cryonuseg_hf.training.config import TrainConfig, recipe
@@ -243,6 +243,13 @@ def pretrain(
     return record
 
 
+def check_folds(folds: Sequence[int]) -> None:
+    """Raise ValueError naming the first fold number that is not 0..9 (one fold per organ)."""
+    wrong = [k for k in folds if not 0 <= k < N_FOLDS]
+    if wrong:
+        raise ValueError(f"--fold {wrong[0]}: expected a fold 0..{N_FOLDS - 1} (one per organ)")
+
+
 def fit(
     config: TrainConfig,
     dataset: dict[str, Any] | None = None,
@@ -268,9 +275,7 @@ def fit(
     """
     from cryonuseg_hf.training.data import load_tiles
 
-    wrong = [k for k in folds if not 0 <= k < len(TILE_IDS) // 3]
-    if wrong:
-        raise ValueError(f"--fold {wrong[0]}: expected a fold 0..{len(TILE_IDS) // 3 - 1} (one per organ)")
+    check_folds(folds)
     tiles = load_tiles() if dataset is None else dataset
     run = run if run is not None else run_record(config, "cryonuseg_hf.training.cv.fit")
     out, lines = Path(out), []
