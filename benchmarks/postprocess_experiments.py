@@ -1,0 +1,148 @@
+"""How the post-processing choices move the CV score, on the fold models of a finished CV run.
+
+Each fold model's class probabilities (with and without TTA) of its tuning tiles and its three held-out tiles are
+computed once and cached; then each variant tunes its thresholds on the fold's tuning tiles (training tiles only,
+as ``train --cv`` does) and is scored on the held-out tiles against annotator1_round2. The fold protocol holds:
+nothing about a held-out tile reaches the choice of its thresholds.
+
+    python benchmarks/postprocess_experiments.py --folds 0 1 4 --threads 1
+
+Writes ``<out>/postprocess.json`` and ``<out>/postprocess.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cryonuseg_hf.core.folds import N_FOLDS, TILE_IDS, tiles_of_fold
+from cryonuseg_hf.core.machine import machine_description
+from cryonuseg_hf.core.markdown import table
+from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import score_tile
+from cryonuseg_hf.model.postprocess import param_grid, probabilities_to_instances, tune_params
+from cryonuseg_hf.model.predict import open_predictor
+from cryonuseg_hf.training.data import load_tiles, training_indices, tuning_tiles
+
+MARKUP = "annotator1_round2"
+
+
+def cache_fold(cv: Path, fold: int, tiles, cache: Path, tune_n: int, threads: int) -> Path:
+    model = cv / "models" / f"fold_{fold}"
+    weights = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()[:12]
+    path = cache / f"fold_{fold}_{weights}.npz"  # a retrained fold model gets new probabilities
+    if path.is_file():
+        return path
+    predictor = open_predictor(model, "cpu", "torch", threads)
+    tune = tuning_tiles(training_indices(fold), tune_n)
+    held = [TILE_IDS.index(t) for t in tiles_of_fold(fold)]
+    arrays = {"tune": np.array(tune), "held": np.array(held)}
+    for name, indices in (("tune", tune), ("held", held)):
+        for tta in (False, True):
+            probs = [predictor.probabilities(tiles["images"][i], tta=tta) for i in indices]
+            arrays[f"{name}_{'tta' if tta else 'plain'}"] = np.stack(probs).astype(np.float16)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def smooth(probs: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return probs
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(probs, sigma=(0, sigma, sigma))
+
+
+VARIANTS = {
+    # name: (tuning probabilities, held-out probabilities, Gaussian smoothing sigma in pixels)
+    "as in train --cv (tune plain, predict TTA)": ("plain", "tta", 0.0),
+    "tune TTA, predict TTA": ("tta", "tta", 0.0),
+    "tune TTA, predict TTA, smoothing 1 px": ("tta", "tta", 1.0),
+}
+
+
+def run_variant(fold_data, masks, variant, grid):
+    tune_kind, held_kind, sigma = variant
+    per_tile = {}
+    chosen = {}
+    for fold, data in fold_data.items():
+        tune_probs = [smooth(p.astype(np.float32), sigma) for p in data[f"tune_{tune_kind}"]]
+        refs = [masks[i] for i in data["tune"]]
+        best, _ = tune_params(tune_probs, refs, candidates=grid)  # objective: mean of AJI and PQ
+        chosen[fold] = best.to_dict()
+        for i, p in zip(data["held"], data[f"held_{held_kind}"], strict=True):
+            labels = probabilities_to_instances(smooth(p.astype(np.float32), sigma), best)
+            per_tile[TILE_IDS[i]] = score_tile(masks[i], labels)
+    return per_tile, chosen
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cv", type=Path, default=Path("results/cv"))
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/pp_cache"))
+    parser.add_argument("--out", type=Path, default=Path("results/experiments/postprocess"))
+    parser.add_argument(
+        "--data", default=None, help="raw release, build folder or .npz (default: the release)"
+    )
+    parser.add_argument("--folds", type=int, nargs="*", default=list(range(N_FOLDS)))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    tiles = load_tiles(args.data, markups=(MARKUP,))
+    masks = tiles["masks"][MARKUP]
+    tune_n = json.loads((args.cv / "folds" / f"fold_{args.folds[0]}.json").read_text())["config"][
+        "tune_tiles"
+    ]
+    start = time.perf_counter()
+    fold_data = {}
+    for fold in args.folds:
+        fold_data[fold] = dict(np.load(cache_fold(args.cv, fold, tiles, args.cache, tune_n, args.threads)))
+        print(f"fold {fold}: probabilities cached ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    grid = param_grid()
+    results = {}
+    for name in args.variants:
+        t0 = time.perf_counter()
+        per_tile, chosen = run_variant(fold_data, masks, VARIANTS[name], grid)
+        mean = {k: float(np.mean([s[k] for s in per_tile.values()])) for k in ("aji", "pq", "dice")}
+        results[name] = {"mean": mean, "per_tile": per_tile, "params": chosen}
+        print(
+            f"{name}: AJI {mean['aji']:.4f} PQ {mean['pq']:.4f} ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", "benchmarks/postprocess_experiments.py", *sys.argv[1:]])
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    record = {"command": command, "machine": machine_description("cpu"), "cv": str(args.cv), "commit": commit,
+              "folds": args.folds, "tune_tiles_per_fold": tune_n, "results": results}  # fmt: skip
+    (args.out / "postprocess.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    rows = [[name, f"{r['mean']['aji']:.4f}", f"{r['mean']['pq']:.4f}", f"{r['mean']['dice']:.4f}"]
+            for name, r in results.items()]  # fmt: skip
+    text = (
+        "# Post-processing variants on the fold models of a CV run\n\n"
+        f"Produced by `{command}` on {record['machine']}, from the fold models of `{args.cv}` at commit "
+        f"{commit or '(unknown)'}. Thresholds tuned per "
+        f"fold on its {tune_n} tuning tiles (training tiles only); scores are the mean over the held-out tiles of "
+        f"folds {args.folds} against {MARKUP}.\n\n"
+        + "\n".join(table(["variant", "AJI", "PQ", "Dice"], rows))
+        + "\n"
+    )
+    (args.out / "postprocess.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
