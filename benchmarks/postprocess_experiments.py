@@ -34,23 +34,49 @@ from cryonuseg_hf.training.data import load_tiles, training_indices, tuning_tile
 MARKUP = "annotator1_round2"
 
 
-def cache_fold(cv: Path, fold: int, tiles, cache: Path, tune_n: int, threads: int) -> Path:
+def predictor_at(model: Path, scale: float | None, threads: int):
+    """The fold checkpoint's predictor, its input scale replaced by ``scale`` (None: the checkpoint's own)."""
+    import torch
+
+    from cryonuseg_hf.model.predict import Predictor
+    from cryonuseg_hf.model.segformer import image_statistics, load_checkpoint, probability_module
+
+    predictor = open_predictor(model, "cpu", "torch", threads)
+    if scale is None or scale == predictor.input_scale:
+        return predictor
+    network, _ = load_checkpoint(model, device="cpu")
+    module = probability_module(network, scale, *image_statistics(model))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch))[0].float().numpy()
+
+    return Predictor(model, "torch", "cpu", scale, predictor.params, run)
+
+
+def cached_probabilities(cv, fold, tiles, cache, tune_n, threads, scale, which, kind) -> np.ndarray:
+    """(N, C, H, W) float16 probabilities of the fold's tuning (``which="tune"``) or held-out tiles, plain or
+    TTA (``kind``), at input ``scale`` (None: the checkpoint's); cached per fold model, scale, tiles and kind."""
     model = cv / "models" / f"fold_{fold}"
     weights = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()[:12]
-    path = cache / f"fold_{fold}_{weights}.npz"  # a retrained fold model gets new probabilities
-    if path.is_file():
-        return path
-    predictor = open_predictor(model, "cpu", "torch", threads)
-    tune = tuning_tiles(training_indices(fold), tune_n)
-    held = [TILE_IDS.index(t) for t in tiles_of_fold(fold)]
-    arrays = {"tune": np.array(tune), "held": np.array(held)}
-    for name, indices in (("tune", tune), ("held", held)):
-        for tta in (False, True):
-            probs = [predictor.probabilities(tiles["images"][i], tta=tta) for i in indices]
-            arrays[f"{name}_{'tta' if tta else 'plain'}"] = np.stack(probs).astype(np.float16)
+    path = cache / f"fold_{fold}_{weights}_scale{scale or 'own'}_{which}_{kind}.npy"
+    if path.is_file():  # a retrained fold model has other weights, hence another file
+        return np.load(path)
+    predictor = predictor_at(model, scale, threads)
+    indices = fold_indices(fold, tune_n)[which]
+    probs = np.stack(
+        [predictor.probabilities(tiles["images"][i], tta=kind == "tta") for i in indices]
+    ).astype(np.float16)
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
-    return path
+    np.save(path, probs)
+    return probs
+
+
+def fold_indices(fold: int, tune_n: int) -> dict[str, list[int]]:
+    return {
+        "tune": tuning_tiles(training_indices(fold), tune_n),
+        "held": [TILE_IDS.index(t) for t in tiles_of_fold(fold)],
+    }
 
 
 def smooth(probs: np.ndarray, sigma: float) -> np.ndarray:
@@ -62,23 +88,29 @@ def smooth(probs: np.ndarray, sigma: float) -> np.ndarray:
 
 
 VARIANTS = {
-    # name: (tuning probabilities, held-out probabilities, Gaussian smoothing sigma in pixels)
-    "as in train --cv (tune plain, predict TTA)": ("plain", "tta", 0.0),
-    "tune TTA, predict TTA": ("tta", "tta", 0.0),
-    "tune TTA, predict TTA, smoothing 1 px": ("tta", "tta", 1.0),
+    # name: (tuning probabilities, held-out probabilities, Gaussian smoothing sigma in pixels, input scale
+    # at prediction, None = the checkpoint's own, 1.5 for the fold models of results/cv)
+    "as in train --cv (tune plain, predict TTA)": ("plain", "tta", 0.0, None),
+    "tune TTA, predict TTA": ("tta", "tta", 0.0, None),
+    "tune TTA, predict TTA, smoothing 1 px": ("tta", "tta", 1.0, None),
+    "as in train --cv, predicted at input scale 1.75": ("plain", "tta", 0.0, 1.75),
+    "as in train --cv, predicted at input scale 2.0": ("plain", "tta", 0.0, 2.0),
 }
 
 
-def run_variant(fold_data, masks, variant, grid):
-    tune_kind, held_kind, sigma = variant
-    per_tile = {}
-    chosen = {}
-    for fold, data in fold_data.items():
-        tune_probs = [smooth(p.astype(np.float32), sigma) for p in data[f"tune_{tune_kind}"]]
-        refs = [masks[i] for i in data["tune"]]
+def run_variant(probabilities, folds, tune_n, masks, variant, grid):
+    """Per held-out tile scores and per fold chosen parameters; ``probabilities(fold, scale, which, kind)``."""
+    tune_kind, held_kind, sigma, scale = variant
+    per_tile, chosen = {}, {}
+    for fold in folds:
+        indices = fold_indices(fold, tune_n)
+        tune = probabilities(fold, scale, "tune", tune_kind)
+        tune_probs = [smooth(p.astype(np.float32), sigma) for p in tune]
+        refs = [masks[i] for i in indices["tune"]]
         best, _ = tune_params(tune_probs, refs, candidates=grid)  # objective: mean of AJI and PQ
         chosen[fold] = best.to_dict()
-        for i, p in zip(data["held"], data[f"held_{held_kind}"], strict=True):
+        held = probabilities(fold, scale, "held", held_kind)
+        for i, p in zip(indices["held"], held, strict=True):
             labels = probabilities_to_instances(smooth(p.astype(np.float32), sigma), best)
             per_tile[TILE_IDS[i]] = score_tile(masks[i], labels)
     return per_tile, chosen
@@ -104,16 +136,17 @@ def main(argv=None) -> int:
     tune_n = json.loads((args.cv / "folds" / f"fold_{args.folds[0]}.json").read_text())["config"][
         "tune_tiles"
     ]
-    start = time.perf_counter()
-    fold_data = {}
-    for fold in args.folds:
-        fold_data[fold] = dict(np.load(cache_fold(args.cv, fold, tiles, args.cache, tune_n, args.threads)))
-        print(f"fold {fold}: probabilities cached ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+
+    def probabilities(fold, scale, which, kind):
+        return cached_probabilities(
+            args.cv, fold, tiles, args.cache, tune_n, args.threads, scale, which, kind
+        )
+
     grid = param_grid()
     results = {}
     for name in args.variants:
         t0 = time.perf_counter()
-        per_tile, chosen = run_variant(fold_data, masks, VARIANTS[name], grid)
+        per_tile, chosen = run_variant(probabilities, args.folds, tune_n, masks, VARIANTS[name], grid)
         mean = {k: float(np.mean([s[k] for s in per_tile.values()])) for k in ("aji", "pq", "dice")}
         results[name] = {"mean": mean, "per_tile": per_tile, "params": chosen}
         print(
