@@ -86,8 +86,10 @@ def main() -> None:
         "Related measurements: CPU seconds per step of each option (`../train_step_cpu.md`: bf16 autocast 1.6x "
         "faster, first stride 2 3.5x slower) and the ceiling each output resolution allows "
         "(`resolution_ceiling.md`). Start points pretrained on a lent GPU machine, and the ones not kept: "
-        "`gpu_pretraining/README.md`. Post-processing variants (tuning on TTA probabilities, smoothing) on fixed fold "
-        "models: `postprocess/postprocess.md`.",
+        "`gpu_pretraining/README.md`. Post-processing and prediction variants (tuning on TTA probabilities, smoothing, "
+        "wider mask thresholds, a larger input scale at prediction) on fixed fold models, and the size bias of the "
+        "CV's nuclei: `postprocess/postprocess.md`. A third pretraining stage on the CPU, not kept: "
+        "`../pretrained_cpu3/README.md`.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
