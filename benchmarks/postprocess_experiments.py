@@ -3,9 +3,10 @@
 Each fold model's class probabilities (with and without TTA) of its tuning tiles and its three held-out tiles are
 computed once and cached; then each variant tunes its thresholds on the fold's tuning tiles (training tiles only,
 as ``train --cv`` does) and is scored on the held-out tiles against annotator1_round2. The fold protocol holds:
-nothing about a held-out tile reaches the choice of its thresholds.
+nothing about a held-out tile reaches the choice of its thresholds. Some variants also predict at another input
+scale than the checkpoint's. Last, it measures how the size of the CV's matched nuclei compares with the reference.
 
-    python benchmarks/postprocess_experiments.py --folds 0 1 4 --threads 1
+    python benchmarks/postprocess_experiments.py --folds 0 1 4 --threads 2
 
 Writes ``<out>/postprocess.json`` and ``<out>/postprocess.md``.
 """
