@@ -206,6 +206,23 @@ def test_first_stride_is_a_stock_config_field(tmp_path):
         build_model("tiny", first_stride=3)
 
 
+def test_first_stride_applies_to_a_start_point(tmp_path):
+    """--first-stride with --init: the start point's weights at the asked stride (it used to be ignored)."""
+    from cryonuseg_hf.model.segformer import build_model, save_checkpoint
+
+    start = save_checkpoint(build_model("tiny", input_scale=1.0, seed=4), tmp_path / "start", fp16=False)
+    model = build_model(init=start, input_scale=1.0, first_stride=2).eval()
+    assert model.config.strides == [2, 2, 2, 2]
+    with torch.inference_mode():
+        assert model(pixel_values=torch.rand(1, 3, 64, 64)).logits.shape[-2:] == (32, 32)
+    same = build_model(init=start, input_scale=1.0).eval()
+    assert same.config.strides == [4, 2, 2, 2]
+    for (name, a), b in zip(same.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="first_stride"):
+        build_model(init=start, first_stride=3)
+
+
 def _nan_loss_on(calls: set[int] | None, monkeypatch, first_bad: int = 0):
     """Make the loss NaN on the given training steps (1-based), or on every step from ``first_bad`` on."""
     count = {"n": 0}

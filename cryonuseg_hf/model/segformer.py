@@ -107,20 +107,26 @@ def build_model(
     """A fresh SegFormer (weights drawn with ``seed``), or one fine-tuned from ``init`` (Hub id or folder).
 
     With ``init``, every weight whose shape fits comes from the pretrained model (a model pretrained with the
-    three CryoNuSeg classes keeps its decode head too); ``variant`` and ``first_stride`` are then the init's.
+    three CryoNuSeg classes keeps its decode head too); ``variant`` is then the init's, and ``first_stride`` is
+    applied to it (the first patch embedding's weights fit any stride, so a start point pretrained at stride 4
+    can be fine-tuned at stride 2).
     """
     import torch
-    from transformers import SegformerForSemanticSegmentation
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     torch.manual_seed(seed)
     if init is None:
         return SegformerForSemanticSegmentation(
             segformer_config(variant, input_scale, first_stride=first_stride)
         )
+    if first_stride not in (1, 2, 4):
+        raise ValueError(f"first_stride must be 1, 2 or 4, got {first_stride}")
+    config = SegformerConfig.from_pretrained(str(init))
+    config.update({**_label_maps(), "semantic_loss_ignore_index": 255})
+    config.strides = [first_stride, *config.strides[1:]]
     model = SegformerForSemanticSegmentation.from_pretrained(
-        str(init), **_label_maps(), ignore_mismatched_sizes=True, dtype=torch.float32
+        str(init), config=config, ignore_mismatched_sizes=True, dtype=torch.float32
     )
-    model.config.semantic_loss_ignore_index = 255
     _set_extras(model.config, input_scale, None)
     return model
 
