@@ -28,7 +28,12 @@ from cryonuseg_hf.core.folds import N_FOLDS, TILE_IDS, tiles_of_fold
 from cryonuseg_hf.core.machine import machine_description
 from cryonuseg_hf.core.markdown import table
 from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import score_tile
-from cryonuseg_hf.model.postprocess import param_grid, probabilities_to_instances, tune_params
+from cryonuseg_hf.model.postprocess import (
+    param_grid,
+    params_from_config,
+    probabilities_to_instances,
+    tune_params,
+)
 from cryonuseg_hf.model.predict import open_predictor
 from cryonuseg_hf.training.data import load_tiles, training_indices, tuning_tiles
 
@@ -42,9 +47,9 @@ def predictor_at(model: Path, scale: float | None, threads: int):
     from cryonuseg_hf.model.predict import Predictor
     from cryonuseg_hf.model.segformer import image_statistics, load_checkpoint, probability_module
 
-    predictor = open_predictor(model, "cpu", "torch", threads)
-    if scale is None or scale == predictor.input_scale:
-        return predictor
+    params, own_scale = params_from_config(model)
+    if scale is None or scale == own_scale:
+        return open_predictor(model, "cpu", "torch", threads)
     network, _ = load_checkpoint(model, device="cpu")
     module = probability_module(network, scale, *image_statistics(model))
 
@@ -52,7 +57,7 @@ def predictor_at(model: Path, scale: float | None, threads: int):
         with torch.inference_mode():
             return module(torch.from_numpy(batch))[0].float().numpy()
 
-    return Predictor(model, "torch", "cpu", scale, predictor.params, run)
+    return Predictor(model, "torch", "cpu", scale, params, run)
 
 
 def cached_probabilities(cv, fold, tiles, cache, tune_n, threads, scale, which, kind) -> np.ndarray:
@@ -127,32 +132,27 @@ def run_variant(probabilities, folds, tune_n, masks, variant):
 
 
 def size_bias(cv: Path, masks) -> dict[str, float]:
-    """Of the CV's held-out predictions (``cv/predictions``), each reference nucleus matched at IoU > 0.5: the
-    median and mean area ratio prediction / reference, the share of predictions larger, and the mean IoU (SQ)."""
-    from PIL import Image
+    """Of the CV's held-out predictions (``cv/predictions``), the nuclei matched at IoU > 0.5 (the metric's own
+    contingency table; such matches are one to one): the median and mean area ratio prediction / reference, the
+    share of predictions larger, and the mean IoU (the SQ of all tiles pooled)."""
+    from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import _pairs
+    from cryonuseg_hf.training.cv import read_predictions
 
+    predictions = read_predictions(cv)
     ratios, ious = [], []
     for i, tile in enumerate(TILE_IDS):
-        truth = masks[i].astype(np.int64)
-        pred = np.asarray(Image.open(cv / "predictions" / f"{tile}.png")).astype(np.int64)
-        n, m = int(truth.max()) + 1, int(pred.max()) + 1
-        inter = np.bincount(truth.ravel() * m + pred.ravel(), minlength=n * m).reshape(n, m)
-        truth_area, pred_area = inter.sum(1), inter.sum(0)
-        for g in range(1, n):
-            if m == 1:
-                break
-            p = int(inter[g, 1:].argmax()) + 1
-            iou = inter[g, p] / (truth_area[g] + pred_area[p] - inter[g, p])
-            if iou > 0.5:
-                ratios.append(pred_area[p] / truth_area[g])
-                ious.append(iou)
-    ratios = np.array(ratios)
+        t_index, p_index, inter, _, t_area, _, p_area = _pairs(masks[i], predictions[tile])
+        iou = inter / (t_area[t_index] + p_area[p_index] - inter)
+        matched = iou > 0.5
+        ratios.append(p_area[p_index[matched]] / t_area[t_index[matched]])
+        ious.append(iou[matched])
+    ratios, ious = np.concatenate(ratios), np.concatenate(ious)
     return {
-        "matched_nuclei": len(ratios),
+        "matched_nuclei": int(ratios.size),
         "median_area_ratio": float(np.median(ratios)),
         "mean_area_ratio": float(ratios.mean()),
         "share_larger": float((ratios > 1).mean()),
-        "mean_iou": float(np.mean(ious)),
+        "mean_iou": float(ious.mean()),
     }
 
 

@@ -50,6 +50,11 @@ def _label_maps() -> dict[str, Any]:
     }
 
 
+def _check_first_stride(first_stride: int) -> None:
+    if first_stride not in (1, 2, 4):
+        raise ValueError(f"first_stride must be 1, 2 or 4, got {first_stride}")
+
+
 def segformer_config(
     variant: str = "b0",
     input_scale: float = 2.0,
@@ -66,8 +71,7 @@ def segformer_config(
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    if first_stride not in (1, 2, 4):
-        raise ValueError(f"first_stride must be 1, 2 or 4, got {first_stride}")
+    _check_first_stride(first_stride)
     config = SegformerConfig(
         **VARIANTS[variant], **_label_maps(), semantic_loss_ignore_index=255, strides=[first_stride, 2, 2, 2]
     )
@@ -119,8 +123,7 @@ def build_model(
         return SegformerForSemanticSegmentation(
             segformer_config(variant, input_scale, first_stride=first_stride)
         )
-    if first_stride not in (1, 2, 4):
-        raise ValueError(f"first_stride must be 1, 2 or 4, got {first_stride}")
+    _check_first_stride(first_stride)
     config = SegformerConfig.from_pretrained(str(init))
     config.update({**_label_maps(), "semantic_loss_ignore_index": 255})
     config.strides = [first_stride, *config.strides[1:]]
