@@ -323,6 +323,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "lr",
         "weight_decay",
         "dice_weight",
+        "contact_weight",
         "scale_jitter",
         "max_seconds",
         "save_every",
@@ -331,6 +332,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     for name in (
         "first_stride",
         "boundary_width",
+        "contact_radius",
         "steps",
         "batch_size",
         "crop",

@@ -74,3 +74,20 @@ def test_real_masks_invariants(release):
     # every nucleus has a boundary ring
     with_ring = np.unique(labels[classes == BOUNDARY])
     np.testing.assert_array_equal(with_ring, np.unique(labels[labels > 0]))
+
+
+def test_contact_zones_lie_between_nuclei_only():
+    from cryonuseg_hf.data.targets import contact_zones
+
+    labels = np.zeros((20, 30), dtype=np.uint16)
+    labels[5:15, 3:10] = 1
+    labels[5:15, 10:17] = 2  # touches 1 along column 9/10
+    labels[5:15, 23:28] = 3  # alone: 6 px from 2
+    zones = contact_zones(labels, radius=3)
+    cols = np.flatnonzero(zones.any(axis=0))
+    assert cols.min() >= 7 and cols.max() <= 12  # a band of 3 px either side of the contact line
+    assert zones[10, 9] and zones[10, 10]
+    assert not zones[:, 20:].any()  # gap wider than the radius: no contact with nucleus 3
+    assert not contact_zones(labels == 1, radius=3).any()  # a single nucleus has no contact
+    with pytest.raises(ValueError, match="radius"):
+        contact_zones(labels, radius=0)

@@ -66,7 +66,7 @@ def test_held_out_tiles_never_reach_training(tiles, monkeypatch):
     images = torch.from_numpy(tiles["images"]).permute(0, 3, 1, 2).clone()
     held_out = [folds.TILE_IDS.index(t) for t in folds.tiles_of_fold(4)]
     images[held_out] = 255
-    classes = torch.zeros((30, 512, 512), dtype=torch.uint8)
+    classes = torch.zeros((30, 1, 512, 512), dtype=torch.uint8)
     rng = np.random.default_rng(0)
     config = TrainConfig(**{**TINY, "batch_size": 64})
     for _ in range(5):
@@ -228,9 +228,9 @@ def _nan_loss_on(calls: set[int] | None, monkeypatch, first_bad: int = 0):
     count = {"n": 0}
     real_loss = train_loop.loss_fn
 
-    def loss_fn(logits, target, config):
+    def loss_fn(logits, target, config, contact=None):
         count["n"] += 1
-        loss = real_loss(logits, target, config)
+        loss = real_loss(logits, target, config, contact)
         bad = count["n"] in calls if calls is not None else count["n"] >= first_bad
         return loss * float("nan") if bad else loss
 
@@ -256,3 +256,42 @@ def test_diverged_training_stops_with_a_clear_error(tiles, monkeypatch, tmp_path
     saved = torch.load(state, weights_only=False)  # the last state saved holds weights, not NaN
     assert saved["step"] == 10 and saved["skipped"] == 4
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_contact_weight_weighs_the_contact_pixels():
+    from cryonuseg_hf.training.loop import loss_fn
+
+    target = torch.zeros((1, 8, 8), dtype=torch.long)
+    target[:, :, 4:] = 1
+    contact = torch.zeros((1, 8, 8), dtype=torch.bool)
+    contact[:, :, 3:5] = True
+    logits = torch.zeros((1, 3, 8, 8))
+    logits[:, 1, :, 2:] = 4.0  # confidently wrong on columns 2-3 (background), right elsewhere
+    logits[:, 0, :, :2] = 4.0
+    plain = TrainConfig()
+    weighted = TrainConfig(contact_weight=5.0)
+    # without a weight (or without contacts) the loss is the unweighted one, bit for bit
+    assert torch.equal(loss_fn(logits, target, plain, contact), loss_fn(logits, target, plain))
+    # the wrong pixels of column 3 lie in the contact zone: weighting it raises the loss
+    assert loss_fn(logits, target, weighted, contact) > loss_fn(logits, target, plain) + 0.1
+    # a uniform contact zone weighs every pixel alike: the weighted mean is unchanged
+    everywhere = torch.ones_like(contact)
+    assert torch.allclose(loss_fn(logits, target, weighted, everywhere), loss_fn(logits, target, plain))
+
+
+def test_training_with_contact_weight_records_it(tiles, tmp_path):
+    config = TrainConfig(**TINY, steps=4, contact_weight=5.0, contact_radius=2)
+    model, record = train_model(config, tiles, fold=2, progress=False)
+    assert record["steps"] == 4 and np.isfinite(record["loss_last_25"])
+    with pytest.raises(ValueError, match="contact zones"):
+        train_loop.fit_segformer(
+            config, tiles["images"], tiles["masks"]["annotator1_round2"].astype(np.uint8), [0], progress=False
+        )
+    with pytest.raises(ValueError, match="contact-weight"):
+        from cryonuseg_hf.training.config import validate_config
+
+        validate_config(TrainConfig(contact_weight=-1.0))
+    from cryonuseg_hf.training.cv import pretrain
+
+    with pytest.raises(ValueError, match="not to pretrain"):  # refused before any data is read
+        pretrain(config, [tmp_path / "nowhere"], tmp_path / "start", "cryonuseg-hf pretrain")

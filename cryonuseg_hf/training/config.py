@@ -36,6 +36,10 @@ class TrainConfig:
     warmup: int = 50
     class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
     dice_weight: float = 1.0
+    contact_weight: float = 0.0
+    """Extra cross-entropy weight of the pixels near two or more nuclei (0 = none; ``contact_zones``)."""
+    contact_radius: int = 3
+    """Pixels within this many of two or more nuclei are contact pixels."""
     scale_jitter: float = 0.15
     tta: bool = True
     tune_tiles: int = 9
@@ -55,6 +59,7 @@ class TrainConfig:
 INT_MINIMUMS: dict[str, int] = {
     "first_stride": 1,
     "boundary_width": 1,
+    "contact_radius": 1,
     "steps": 1,
     "batch_size": 1,
     "crop": 32,  # one cell of SegFormer's 32 px grid; smaller crops round to an empty input
@@ -98,7 +103,7 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     for name in ("input_scale", "lr", "save_every"):
         if not math.isfinite(getattr(config, name)) or getattr(config, name) <= 0:
             raise bad(name, "a number > 0")
-    for name in ("weight_decay", "dice_weight"):
+    for name in ("weight_decay", "dice_weight", "contact_weight"):
         if not math.isfinite(getattr(config, name)) or getattr(config, name) < 0:
             raise bad(name, "a number >= 0")
     if not 0 <= config.scale_jitter < 1:

@@ -59,15 +59,17 @@ def train_model(
     state_path: str | Path | None = None,
 ):
     """Train one SegFormer on the CryoNuSeg training tiles of ``fold`` (None: all 30). Returns (model, record)."""
-    from cryonuseg_hf.data.targets import instances_to_classes
+    from cryonuseg_hf.data.targets import contact_zones, instances_to_classes
 
     indices = training_indices(fold)
-    classes = np.stack(
-        [instances_to_classes(m, config.boundary_width) for m in tiles["masks"][config.markup]]
+    masks = tiles["masks"][config.markup]
+    classes = np.stack([instances_to_classes(m, config.boundary_width) for m in masks])
+    contacts = (
+        np.stack([contact_zones(m, config.contact_radius) for m in masks]) if config.contact_weight else None
     )
     model, record = fit_segformer(
         config, tiles["images"], classes, indices, 0 if fold is None else fold + 1, progress, state_path,
-        name=f"fold {fold}",
+        name=f"fold {fold}", contacts=contacts,
     )  # fmt: skip
     record = {"fold": fold, "train_tiles": [TILE_IDS[i] for i in indices], **record}
     return model, record
@@ -221,6 +223,8 @@ def pretrain(
     from cryonuseg_hf.data.external import load_pretraining_tiles
     from cryonuseg_hf.model.segformer import save_checkpoint
 
+    if config.contact_weight:
+        raise ValueError("--contact-weight applies to fine-tuning on CryoNuSeg (train), not to pretrain")
     out = Path(out)
     state = Path(state) if state else out.with_name(out.name + ".state.pt")
     data = load_pretraining_tiles(folders, config.boundary_width)

@@ -58,8 +58,12 @@ def augment(images, generator):
     return x.clamp(0, 1)
 
 
-def sample_batch(images, classes, indices: list[int], config: TrainConfig, rng: np.random.Generator):
-    """Random crops with random flips/rotations from the allowed tile indices only (tensors on the device)."""
+def sample_batch(images, targets, indices: list[int], config: TrainConfig, rng: np.random.Generator):
+    """Random crops with random flips/rotations from the allowed tile indices only (tensors on the device).
+
+    ``targets`` is (N, K, H, W): the class maps, then any per-pixel maps cropped with them (contact zones).
+    Returns ``(images (B, 3, crop, crop), targets (B, K, crop, crop) int64)``.
+    """
     import torch
 
     crop, side = config.crop, images.shape[-1]
@@ -67,17 +71,20 @@ def sample_batch(images, classes, indices: list[int], config: TrainConfig, rng: 
     for i in rng.choice(indices, size=config.batch_size):
         r, c = rng.integers(0, side - crop + 1, size=2)
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
-        x, y = images[i, :, r : r + crop, c : c + crop], classes[i, r : r + crop, c : c + crop]
-        x, y = torch.rot90(x, k, dims=(1, 2)), torch.rot90(y, k, dims=(0, 1))
+        x, y = images[i, :, r : r + crop, c : c + crop], targets[i, :, r : r + crop, c : c + crop]
+        x, y = torch.rot90(x, k, dims=(1, 2)), torch.rot90(y, k, dims=(1, 2))
         xs.append(x.flip(2) if flip else x)
-        ys.append(y.flip(1) if flip else y)
+        ys.append(y.flip(2) if flip else y)
     return torch.stack(xs), torch.stack(ys).long()
 
 
-def loss_fn(logits, target, config: TrainConfig):
+def loss_fn(logits, target, config: TrainConfig, contact=None):
     """Weighted cross-entropy plus soft Dice over the two nucleus classes, at the target's resolution.
 
-    Pixels of class ``IGNORE_INDEX`` (ambiguous areas of pretraining data) count in neither term.
+    Pixels of class ``IGNORE_INDEX`` (ambiguous areas of pretraining data) count in neither term. ``contact``
+    (B, H, W), where given, marks the pixels near two or more nuclei
+    (:func:`cryonuseg_hf.data.targets.contact_zones`): their cross-entropy weighs ``1 + config.contact_weight``
+    times as much, so the model learns to separate touching nuclei.
     """
     import torch
     import torch.nn.functional as F
@@ -86,10 +93,16 @@ def loss_fn(logits, target, config: TrainConfig):
 
     logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
     weight = torch.tensor(config.class_weights, device=logits.device)
-    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
-    valid = (target != IGNORE_INDEX).unsqueeze(1)
-    p = logits.softmax(1)[:, 1:] * valid
-    onehot = F.one_hot(target.masked_fill(~valid[:, 0], 0), p.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].float()
+    valid = target != IGNORE_INDEX
+    if contact is None or config.contact_weight == 0:
+        ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
+    else:  # the same weighted mean as above, each pixel also weighted by its contact weight
+        safe = target.masked_fill(~valid, 0)
+        pixel = (1 + config.contact_weight * contact.float()) * valid
+        per_pixel = F.cross_entropy(logits, safe, weight=weight, reduction="none")
+        ce = (per_pixel * pixel).sum() / (weight[safe] * pixel).sum()
+    p = logits.softmax(1)[:, 1:] * valid.unsqueeze(1)
+    onehot = F.one_hot(target.masked_fill(~valid, 0), p.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].float()
     dice = 1 - (2 * (p * onehot).sum((0, 2, 3)) + 1) / ((p + onehot).sum((0, 2, 3)) + 1)
     return ce + config.dice_weight * dice.mean()
 
@@ -103,6 +116,7 @@ def fit_segformer(
     progress: bool = True,
     state_path: str | Path | None = None,
     name: str = "model",
+    contacts: np.ndarray | None = None,
 ):
     """The training loop: random crops of ``images[indices]`` / ``classes[indices]``, augmented on the device.
 
@@ -115,6 +129,8 @@ def fit_segformer(
         state_path: a file for resumable training state, written every ``config.save_every`` seconds and at the
             end; an existing one made with the same config is resumed from its step. Removed by the caller.
         name: how the log names this model.
+        contacts: (N, H, W) bool, the pixels near two or more nuclei, weighted by ``config.contact_weight``;
+            required when that weight is not 0.
 
     Returns:
         ``(model in eval mode, record)``; the record holds steps, timing and the loss curve.
@@ -129,7 +145,14 @@ def fit_segformer(
     rng = np.random.default_rng([config.seed, stream])
     generator = torch.Generator(device=device).manual_seed(config.seed * 1000 + stream)
     images_t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
-    classes_t = torch.from_numpy(np.ascontiguousarray(classes)).to(device)
+    if config.contact_weight and contacts is None:
+        raise ValueError(
+            f"{name}: --contact-weight {config.contact_weight} needs the contact zones of its tiles"
+        )
+    targets = (
+        classes[:, None] if contacts is None else np.stack([classes, contacts.astype(classes.dtype)], axis=1)
+    )
+    targets_t = torch.from_numpy(np.ascontiguousarray(targets)).to(device)
     model = build_model(
         config.variant, config.input_scale, config.init, seed=config.seed, first_stride=config.first_stride
     ).to(device).train()  # fmt: skip
@@ -174,13 +197,13 @@ def fit_segformer(
         lr_scale = min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_scale
-        x, y = sample_batch(images_t, classes_t, indices, config, rng)
+        x, y = sample_batch(images_t, targets_t, indices, config, rng)
         x = augment(x.float() / 255.0, generator)
         jitter = rng.uniform(1 - config.scale_jitter, 1 + config.scale_jitter)
         side = 32 * int(round(config.crop * config.input_scale * jitter / 32))
         x = F.interpolate((x - mean) / std, size=(side, side), mode="bilinear", align_corners=False)
         with amp:
-            loss = loss_fn(model(pixel_values=x).logits, y, config)
+            loss = loss_fn(model(pixel_values=x).logits, y[:, 0], config, y[:, 1] if y.shape[1] > 1 else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
