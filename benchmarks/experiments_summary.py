@@ -3,8 +3,9 @@
 Run: ``.venv/bin/python benchmarks/experiments_summary.py``. Reads each ``results/experiments/*/metrics.json``
 (written by ``cryonuseg-hf train --fold K ... --out results/experiments/<name>``) and the start point's
 ``pretrain.json`` it names, and writes ``results/experiments/README.md``. The experiments share a fixed subset
-of folds where they can (folds 1 Larynx and 4 Pancreas), so their rows compare; the InstanSeg columns come from
-``results/peers.json`` (``benchmarks/bench_peers.py``).
+of folds where they can (folds 1 Larynx and 4 Pancreas; the later ones fold 0 AdrenalGland too), so their rows
+compare; the full CV (``results/cv``) is a row too, and the InstanSeg columns come from ``results/peers.json``
+(``benchmarks/bench_peers.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDS = (1, 4)
+FOLDS = (0, 1, 4)
+PAIR = (1, 4)
 PEER = "fixed_0.75"
+ORGANS = {0: "AdrenalGland", 1: "Larynx", 4: "Pancreas"}
 
 
 def pretrain_minutes(init: str | None) -> str:
@@ -49,11 +52,13 @@ def row(name: str, metrics: dict) -> list[str]:
     for fold in FOLDS:
         s = per_fold.get(str(fold)) or per_fold.get(fold)
         cells.append(f"{s['aji']:.3f} / {s['pq']:.3f}" if s else "")
-    both = [per_fold.get(str(k)) or per_fold.get(k) for k in FOLDS]
-    if all(both):
-        cells.append(f"{sum(s['aji'] for s in both) / 2:.3f} / {sum(s['pq'] for s in both) / 2:.3f}")
-    else:
-        cells.append("")
+    for subset in (PAIR, FOLDS):
+        scores = [per_fold.get(str(k)) or per_fold.get(k) for k in subset]
+        if all(scores):
+            n = len(subset)
+            cells.append(f"{sum(s['aji'] for s in scores) / n:.3f} / {sum(s['pq'] for s in scores) / n:.3f}")
+        else:
+            cells.append("")
     return cells
 
 
@@ -64,16 +69,23 @@ def main() -> None:
 
     runs = sorted(p.parent for p in args.experiments.glob("*/metrics.json"))
     rows = [row(run.name, json.loads((run / "metrics.json").read_text())) for run in runs]
+    cv = args.experiments.parent / "cv" / "metrics.json"
+    if cv.is_file():
+        rows.append(row("../cv", json.loads(cv.read_text())))  # the full CV; all 10 folds in its metrics.md
     peers_path = REPO / "results" / "peers.json"
     if peers_path.is_file():
         peer = json.loads(peers_path.read_text())["scores"][PEER]["annotator1_round2"]["per_organ"]
-        organs = ["Larynx", "Pancreas"]
-        cells = [f"{peer[o]['aji']:.3f} / {peer[o]['pq']:.3f}" for o in organs]
-        mean = f"{sum(peer[o]['aji'] for o in organs) / 2:.3f} / {sum(peer[o]['pq'] for o in organs) / 2:.3f}"
-        rows.append(["InstanSeg zero-shot, resized 0.75 (peer)", "", "", "", "", *cells, mean])
+        cells = [f"{peer[ORGANS[k]]['aji']:.3f} / {peer[ORGANS[k]]['pq']:.3f}" for k in FOLDS]
+        means = [
+            f"{sum(peer[ORGANS[k]][m] for k in subset) / len(subset):.3f}"
+            for subset in (PAIR, FOLDS)
+            for m in ("aji", "pq")
+        ]
+        rows.append(["InstanSeg zero-shot, resized 0.75 (peer)", "", "", "", "", *cells,
+                     f"{means[0]} / {means[1]}", f"{means[2]} / {means[3]}"])  # fmt: skip
     header = [
         "experiment", "pretraining", "model", "fine-tuning", "train s per fold",
-        "fold 1 Larynx AJI / PQ", "fold 4 Pancreas AJI / PQ", "mean of the two",
+        *(f"fold {k} {ORGANS[k]} AJI / PQ" for k in FOLDS), "mean of folds 1 and 4", "mean of folds 0, 1, 4",
     ]  # fmt: skip
     lines = [
         "# Training experiments on the CPU",
@@ -89,7 +101,8 @@ def main() -> None:
         "`gpu_pretraining/README.md`. Post-processing and prediction variants (tuning on TTA probabilities, smoothing, "
         "wider mask thresholds, a larger input scale at prediction) on fixed fold models, and the size bias of the "
         "CV's nuclei: `postprocess/postprocess.md`. A third pretraining stage on the CPU, not kept: "
-        "`../pretrained_cpu3/README.md`.",
+        "`../pretrained_cpu3/README.md`. Why reference nuclei go unmatched (missed, merged, split, poor fit) for the "
+        "CV, InstanSeg and the second annotator: `error_types.md`.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
