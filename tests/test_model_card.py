@@ -30,3 +30,13 @@ def test_an_init_without_a_record_ends_the_chain(tmp_path):
     # a start point from elsewhere (no pretrain.json) is not a stage made here
     second = _stage(tmp_path, "stage2", "downloaded", 300, 1.5)
     assert pretraining_stages({"init": "stage2"}, tmp_path) == [second]
+
+
+def test_the_card_names_the_contact_weighting_only_when_used():
+    from cryonuseg_hf.reports.model_card import _contact_note
+
+    assert _contact_note({"contact_weight": 0.0, "contact_radius": 3}) == ""
+    assert _contact_note({}) == ""  # records made before the option existed
+    assert "within 3 px of two or more nuclei weighted 6x" in _contact_note(
+        {"contact_weight": 5.0, "contact_radius": 3}
+    )

@@ -178,6 +178,17 @@ def _resolution_note(config: dict[str, Any], ceiling: dict[str, Any]) -> str:
     return note
 
 
+def _contact_note(config: dict) -> str:
+    """How the recipe weighs the pixels between touching nuclei, if it does (``--contact-weight``)."""
+    weight = config.get("contact_weight") or 0
+    if not weight:
+        return ""
+    return (
+        f", the cross-entropy of pixels within {config.get('contact_radius', 3)} px of two or more nuclei "
+        f"weighted {1 + weight:g}x"
+    )
+
+
 def card_body(
     metrics: dict[str, Any],
     final: dict[str, Any],
@@ -278,7 +289,7 @@ probabilities into one label per nucleus. {origin}
 **How this checkpoint was trained: {scale_note}.** Machine: {final.get("machine", metrics["machine"])}.
 {pretrain_line}
 Shipped model: {"fine-tuned from it" if pretrain else "trained"} for {final.get("steps", "?")} steps of {final_config["batch_size"]} crops of
-{final_config["crop"]} px, input scale {final_config["input_scale"]}, {final.get("train_seconds", "?")} s, made by
+{final_config["crop"]} px, input scale {final_config["input_scale"]}{_contact_note(final_config)}, {final.get("train_seconds", "?")} s, made by
 `{_short(final.get("command", "?"))}`; post-processing tuned on {final_config["tune_tiles"] or "all"} of its
 training tiles. The ten CV models took {fold_seconds / 60:.0f} min of fine-tuning together.
 
