@@ -279,7 +279,7 @@ def test_contact_weight_weighs_the_contact_pixels():
     assert torch.allclose(loss_fn(logits, target, weighted, everywhere), loss_fn(logits, target, plain))
 
 
-def test_training_with_contact_weight_records_it(tiles, tmp_path):
+def test_training_with_contact_weight_needs_its_zones(tiles, tmp_path):
     config = TrainConfig(**TINY, steps=4, contact_weight=5.0, contact_radius=2)
     model, record = train_model(config, tiles, fold=2, progress=False)
     assert record["steps"] == 4 and np.isfinite(record["loss_last_25"])
