@@ -44,7 +44,8 @@ def row(name: str, metrics: dict) -> list[str]:
         f"`{name}`",
         pretrain_minutes(config.get("init")),
         f"{config['variant']}, scale {config['input_scale']}, stride {config.get('first_stride', 4)}, "
-        f"width {config['boundary_width']}",
+        f"width {config['boundary_width']}"
+        + (f", contact weight {config['contact_weight']:g}" if config.get("contact_weight") else ""),
         f"{config['steps']} x {config['batch_size']}x{config['crop']}², lr {config['lr']}",
     ]
     seconds = [float(r.get("train_seconds", 0)) for r in metrics["folds"].values() if r]
