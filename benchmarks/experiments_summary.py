@@ -45,7 +45,11 @@ def row(name: str, metrics: dict) -> list[str]:
         pretrain_minutes(config.get("init")),
         f"{config['variant']}, scale {config['input_scale']}, stride {config.get('first_stride', 4)}, "
         f"width {config['boundary_width']}"
-        + (f", contact weight {config['contact_weight']:g}" if config.get("contact_weight") else ""),
+        + (
+            f", contact weight {config['contact_weight']:g} within {config.get('contact_radius', 3)} px"
+            if config.get("contact_weight")
+            else ""
+        ),
         f"{config['steps']} x {config['batch_size']}x{config['crop']}², lr {config['lr']}",
     ]
     seconds = [float(r.get("train_seconds", 0)) for r in metrics["folds"].values() if r]
