@@ -27,11 +27,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from cryonuseg_hf.core.folds import TILE_IDS
 from cryonuseg_hf.core.markdown import table
 from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import _pairs
+from cryonuseg_hf.evaluation.score import read_prediction_labels
 from cryonuseg_hf.training.data import load_tiles
 
 REFERENCE = "annotator1_round2"
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
             if source in tiles["masks"]:
                 prediction = tiles["masks"][source][i]
             else:
-                prediction = np.asarray(Image.open(Path(source) / f"{tile}.png"))
+                prediction = read_prediction_labels(Path(source) / f"{tile}.png")
             for key, value in error_types(tiles["masks"][REFERENCE][i], prediction).items():
                 total[key] = total.get(key, 0) + value
         results[name] = total

@@ -14,11 +14,12 @@ import argparse
 import json
 from pathlib import Path
 
+from cryonuseg_hf.core.folds import ORGANS
+
 REPO = Path(__file__).resolve().parents[1]
 FOLDS = (0, 1, 4)
 PAIR = (1, 4)
 PEER = "fixed_0.75"
-ORGANS = {0: "AdrenalGland", 1: "Larynx", 4: "Pancreas"}
 
 
 def pretrain_minutes(init: str | None) -> str:
@@ -46,7 +47,7 @@ def row(name: str, metrics: dict) -> list[str]:
         f"{config['variant']}, scale {config['input_scale']}, stride {config.get('first_stride', 4)}, "
         f"width {config['boundary_width']}"
         + (
-            f", contact weight {config['contact_weight']:g} within {config.get('contact_radius', 3)} px"
+            f", contact weight {config['contact_weight']:g} within {config['contact_radius']} px"
             if config.get("contact_weight")
             else ""
         ),
@@ -54,17 +55,19 @@ def row(name: str, metrics: dict) -> list[str]:
     ]
     seconds = [float(r.get("train_seconds", 0)) for r in metrics["folds"].values() if r]
     cells.append(f"{sum(seconds) / max(len(seconds), 1):.0f}")
-    for fold in FOLDS:
-        s = per_fold.get(str(fold)) or per_fold.get(fold)
-        cells.append(f"{s['aji']:.3f} / {s['pq']:.3f}" if s else "")
-    for subset in (PAIR, FOLDS):
-        scores = [per_fold.get(str(k)) or per_fold.get(k) for k in subset]
-        if all(scores):
-            n = len(subset)
-            cells.append(f"{sum(s['aji'] for s in scores) / n:.3f} / {sum(s['pq'] for s in scores) / n:.3f}")
-        else:
-            cells.append("")
-    return cells
+    return cells + fold_cells({int(k): v for k, v in per_fold.items()})
+
+
+def fold_cells(per_fold: dict[int, dict]) -> list[str]:
+    """AJI / PQ of each of ``FOLDS``, then their means over ``PAIR`` and over ``FOLDS`` ("" where one is missing)."""
+
+    def mean(folds: tuple[int, ...]) -> str:
+        scores = [per_fold.get(k) for k in folds]
+        if not all(scores):
+            return ""
+        return " / ".join(f"{sum(s[m] for s in scores) / len(scores):.3f}" for m in ("aji", "pq"))
+
+    return [mean((k,)) for k in FOLDS] + [mean(PAIR), mean(FOLDS)]
 
 
 def main() -> None:
@@ -80,14 +83,8 @@ def main() -> None:
     peers_path = REPO / "results" / "peers.json"
     if peers_path.is_file():
         peer = json.loads(peers_path.read_text())["scores"][PEER]["annotator1_round2"]["per_organ"]
-        cells = [f"{peer[ORGANS[k]]['aji']:.3f} / {peer[ORGANS[k]]['pq']:.3f}" for k in FOLDS]
-        means = [
-            f"{sum(peer[ORGANS[k]][m] for k in subset) / len(subset):.3f}"
-            for subset in (PAIR, FOLDS)
-            for m in ("aji", "pq")
-        ]
-        rows.append(["InstanSeg zero-shot, resized 0.75 (peer)", "", "", "", "", *cells,
-                     f"{means[0]} / {means[1]}", f"{means[2]} / {means[3]}"])  # fmt: skip
+        per_fold = {k: peer[organ] for k, organ in enumerate(ORGANS) if organ in peer}
+        rows.append(["InstanSeg zero-shot, resized 0.75 (peer)", "", "", "", "", *fold_cells(per_fold)])
     header = [
         "experiment", "pretraining", "model", "fine-tuning", "train s per fold",
         *(f"fold {k} {ORGANS[k]} AJI / PQ" for k in FOLDS), "mean of folds 1 and 4", "mean of folds 0, 1, 4",

@@ -180,12 +180,11 @@ def _resolution_note(config: dict[str, Any], ceiling: dict[str, Any]) -> str:
 
 def _contact_note(config: dict) -> str:
     """How the recipe weighs the pixels between touching nuclei, if it does (``--contact-weight``)."""
-    weight = config.get("contact_weight") or 0
-    if not weight:
+    if not config.get("contact_weight"):  # off, or a record made before the option existed
         return ""
     return (
-        f", the cross-entropy of pixels within {config.get('contact_radius', 3)} px of two or more nuclei "
-        f"weighted {1 + weight:g}x"
+        f", the cross-entropy of pixels within {config['contact_radius']} px of two or more nuclei "
+        f"weighted {1 + config['contact_weight']:g}x"
     )
 
 

@@ -94,15 +94,15 @@ def loss_fn(logits, target, config: TrainConfig, contact=None):
     logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
     weight = torch.tensor(config.class_weights, device=logits.device)
     valid = target != IGNORE_INDEX
+    safe = target.masked_fill(~valid, 0)  # any class: these pixels get weight 0 below
     if contact is None or config.contact_weight == 0:
         ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
     else:  # the same weighted mean as above, each pixel also weighted by its contact weight
-        safe = target.masked_fill(~valid, 0)
         pixel = (1 + config.contact_weight * contact.float()) * valid
         per_pixel = F.cross_entropy(logits, safe, weight=weight, reduction="none")
         ce = (per_pixel * pixel).sum() / (weight[safe] * pixel).sum()
     p = logits.softmax(1)[:, 1:] * valid.unsqueeze(1)
-    onehot = F.one_hot(target.masked_fill(~valid, 0), p.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].float()
+    onehot = F.one_hot(safe, p.shape[1] + 1).permute(0, 3, 1, 2)[:, 1:].float()
     dice = 1 - (2 * (p * onehot).sum((0, 2, 3)) + 1) / ((p + onehot).sum((0, 2, 3)) + 1)
     return ce + config.dice_weight * dice.mean()
 
