@@ -99,7 +99,14 @@ VARIANTS = {
     # at prediction, None = the checkpoint's own, 1.5 for the fold models of results/cv; mask thresholds tried,
     # None = param_grid's; min_confidence values searched after the grid, () = none)
     "grid only (tune plain, predict TTA)": ("plain", "tta", 0.0, None, None, ()),
-    "as in train --cv: grid, then min_size x min_confidence": ("plain", "tta", 0.0, None, None, CONFIDENCE_GRID),
+    "as in train --cv: grid, then min_size x min_confidence": (
+        "plain",
+        "tta",
+        0.0,
+        None,
+        None,
+        CONFIDENCE_GRID,
+    ),
     "tune TTA, predict TTA": ("tta", "tta", 0.0, None, None, ()),
     "tune TTA, predict TTA, smoothing 1 px": ("tta", "tta", 1.0, None, None, ()),
     "grid only, predicted at input scale 1.75": ("plain", "tta", 0.0, 1.75, None, ()),
