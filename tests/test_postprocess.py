@@ -117,9 +117,59 @@ def test_tune_params_picks_the_best_candidate():
     labels = _disks()
     probabilities = classes_to_probabilities(instances_to_classes(labels))
     candidates = [PostprocessParams(min_size=200), EXACT, PostprocessParams(mask_threshold=0.99)]
-    best, records = tune_params([probabilities], [labels], candidates, objective=lambda t, p: _match(t, p)[3])
+    best, records = tune_params(
+        [probabilities], [labels], candidates, objective=lambda t, p: _match(t, p)[3], confidences=()
+    )
     assert best == EXACT and len(records) == 3
     assert records[1]["objective"] == pytest.approx(1.0)
+
+
+def _faint_and_clear() -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of two disks, a clear one (nucleus probability 0.95) and a faint one (0.6), and labels of
+    the clear one only."""
+    from skimage.draw import disk
+
+    probabilities = np.zeros((3, 64, 64), np.float32)
+    probabilities[0] = 1.0
+    truth = np.zeros((64, 64), np.int32)
+    for (r, c), p_nucleus in (((16, 16), 0.95), ((44, 44), 0.6)):
+        rr, cc = disk((r, c), 8)
+        probabilities[:, rr, cc] = np.array([1 - p_nucleus, p_nucleus, 0.0], np.float32)[:, None]
+        if p_nucleus > 0.9:
+            truth[rr, cc] = 1
+    return probabilities, truth
+
+
+def test_min_confidence_removes_faint_nuclei_only():
+    probabilities, truth = _faint_and_clear()
+    kept_all = probabilities_to_instances(probabilities, EXACT)
+    assert kept_all.max() == 2
+    clear_only = probabilities_to_instances(probabilities, {**EXACT.to_dict(), "min_confidence": 0.9})
+    assert np.array_equal(clear_only > 0, truth > 0) and clear_only.max() == 1
+    assert probabilities_to_instances(probabilities, {**EXACT.to_dict(), "min_confidence": 0.6}).max() == 2
+    assert probabilities_to_instances(probabilities, {**EXACT.to_dict(), "min_confidence": 0.96}).max() == 0
+
+
+def test_tune_params_then_searches_min_confidence():
+    probabilities, truth = _faint_and_clear()
+    pq = lambda t, p: _match(t, p)[3]  # noqa: E731
+    best, records = tune_params(
+        [probabilities], [truth], [EXACT], objective=pq, confidences=(0.5, 0.9, 0.99), min_sizes=()
+    )
+    assert best == PostprocessParams(min_size=0, min_marker_size=1, min_confidence=0.9)
+    assert [r["min_confidence"] for r in records] == [0.0, 0.5, 0.9, 0.99]
+    assert [r["objective"] for r in records] == pytest.approx([2 / 3, 2 / 3, 1.0, 0.0])
+    # a filter that does not score higher is not taken: the first of equals wins
+    best, _ = tune_params([probabilities], [truth], [EXACT], objective=pq, confidences=(0.5,), min_sizes=())
+    assert best == EXACT
+    # together with the minimum size: both disks cover 193 pixels, so a size filter cannot tell them apart
+    best, records = tune_params(
+        [probabilities], [truth], [EXACT], objective=pq, confidences=(0.9,), min_sizes=(100, 300)
+    )
+    assert best.min_confidence == 0.9 and best.min_size in (0, 100)
+    assert {(r["min_size"], r["min_confidence"]) for r in records} == {
+        (s, c) for s in (0, 100, 300) for c in (0.0, 0.9)
+    }
 
 
 def test_tune_params_parallel_matches_serial(release):
@@ -134,10 +184,12 @@ def test_tune_params_parallel_matches_serial(release):
     rng = np.random.default_rng(1)
     noisy = [0.7 * probabilities + 0.3 * rng.random(probabilities.shape, dtype=np.float32) for _ in range(2)]
     candidates = param_grid((0.4, 0.6), (0.5,), (0, 30))
-    serial = tune_params(noisy, [labels, labels], candidates)
-    parallel = tune_params(noisy, [labels, labels], candidates, workers=2)
+    serial = tune_params(noisy, [labels, labels], candidates, min_sizes=(0, 30))
+    parallel = tune_params(noisy, [labels, labels], candidates, workers=2, min_sizes=(0, 30))
     assert serial == parallel
-    assert serial[0].min_size in (0, 30) and len(serial[1]) == 4
+    assert (
+        serial[0].min_size in (0, 30) and len(serial[1]) == 4 + 2 * 8 - 1
+    )  # the grid, then sizes x confidences
 
 
 def test_a_hole_inside_a_nucleus_becomes_part_of_it():

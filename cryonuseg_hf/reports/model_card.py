@@ -357,7 +357,8 @@ mask per class, not per nucleus: instances need the post-processing above
 `cryonuseg-hf predict images/ -o out/` writes label TIFFs, GeoJSON, ImageJ ROIs and CSV.
 
 The config carries `cryonuseg_input_scale` ({config["input_scale"]}: the factor by which a tile is resized
-before the encoder) and `cryonuseg_postprocess` (tuned thresholds).
+before the encoder) and `cryonuseg_postprocess` (the thresholds tuned on training tiles, among them
+`min_confidence`: nuclei whose mean nucleus probability is lower are dropped).
 
 ## Limitations
 
