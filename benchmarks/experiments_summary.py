@@ -55,6 +55,8 @@ def row(name: str, metrics: dict) -> list[str]:
     ]
     seconds = [float(r.get("train_seconds", 0)) for r in metrics["folds"].values() if r]
     cells.append(f"{sum(seconds) / max(len(seconds), 1):.0f}")
+    filtered = any("min_confidence" in r.get("postprocess", {}) for r in metrics["folds"].values() if r)
+    cells.append("grid, then min_size x min_confidence" if filtered else "grid")
     return cells + fold_cells({int(k): v for k, v in per_fold.items()})
 
 
@@ -84,9 +86,9 @@ def main() -> None:
     if peers_path.is_file():
         peer = json.loads(peers_path.read_text())["scores"][PEER]["annotator1_round2"]["per_organ"]
         per_fold = {k: peer[organ] for k, organ in enumerate(ORGANS) if organ in peer}
-        rows.append(["InstanSeg zero-shot, resized 0.75 (peer)", "", "", "", "", *fold_cells(per_fold)])
+        rows.append(["InstanSeg zero-shot, resized 0.75 (peer)", "", "", "", "", "", *fold_cells(per_fold)])
     header = [
-        "experiment", "pretraining", "model", "fine-tuning", "train s per fold",
+        "experiment", "pretraining", "model", "fine-tuning", "train s per fold", "post-processing tuned",
         *(f"fold {k} {ORGANS[k]} AJI / PQ" for k in FOLDS), "mean of folds 1 and 4", "mean of folds 0, 1, 4",
     ]  # fmt: skip
     lines = [
@@ -104,7 +106,10 @@ def main() -> None:
         "wider mask thresholds, a larger input scale at prediction) on fixed fold models, and the size bias of the "
         "CV's nuclei: `postprocess/postprocess.md`. A third pretraining stage on the CPU, not kept: "
         "`../pretrained_cpu3/README.md`. Why reference nuclei go unmatched (missed, merged, split, poor fit) for the "
-        "CV, InstanSeg and the second annotator: `error_types.md`.",
+        "CV, InstanSeg and the second annotator: `error_types.md`. Post-processing tuned on the grid only, or "
+        "then also on the minimum size and the confidence filter together (`min_confidence`, from commit 82082ed): "
+        "its effect on the fold models of the CV is in `postprocess_confidence/postprocess.md`; compare rows "
+        "tuned the same way.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

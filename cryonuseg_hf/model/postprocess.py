@@ -221,8 +221,8 @@ def tune_params(
     Two searches: the best of ``candidates``; then, its interior and mask thresholds fixed, every pair of a
     ``min_size`` (its own and ``min_sizes``) and a ``min_confidence`` (its own, 0 and ``confidences``), taken
     only if it scores higher. The two filters act together (once faint blobs go, small nuclei can stay), and
-    they share one watershed per tile, so the second search costs a fraction of the grid's scoring; a full grid
-    over all four parameters would cost eight times as much.
+    they share one watershed per tile, so the second search costs about a quarter of the grid's scoring; one grid over
+    all four parameters would score eight times as many candidates as the first search.
 
     Pass training tiles only: the chosen parameters ship with the model and are applied to unseen tiles.
 
