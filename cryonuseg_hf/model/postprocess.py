@@ -195,11 +195,12 @@ def param_grid(
     mask_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
     min_sizes: Sequence[int] = MIN_SIZES,
 ) -> list[PostprocessParams]:
-    """The candidates :func:`tune_params` tries by default.
+    """The candidates :func:`tune_params` tries first, by default.
 
     Widened after tuned values sat on the edge of a smaller grid; the ten CV models of ``results/cv`` chose
-    interior 0.8, mask 0.6-0.7 and minimum sizes of 45-60 pixels (a 40x nucleus covers about 100-400 pixels),
-    so the mask threshold still touches this grid's edge in three folds.
+    interior 0.4-0.5 and mask 0.6-0.7, so the mask threshold still touches this grid's edge in three folds, and
+    then, in the second search, minimum sizes of 5-45 pixels (a 40x nucleus covers about 100-400 pixels) with
+    ``min_confidence`` 0.75-0.85.
     """
     return [
         PostprocessParams(interior_threshold=i, mask_threshold=m, min_size=s)
