@@ -148,6 +148,8 @@ def test_min_confidence_removes_faint_nuclei_only():
     assert np.array_equal(clear_only > 0, truth > 0) and clear_only.max() == 1
     assert probabilities_to_instances(probabilities, {**EXACT.to_dict(), "min_confidence": 0.6}).max() == 2
     assert probabilities_to_instances(probabilities, {**EXACT.to_dict(), "min_confidence": 0.96}).max() == 0
+    with pytest.raises(ValueError, match="min_confidence is a mean probability"):
+        probabilities_to_instances(probabilities, {"min_confidence": 75})
 
 
 def test_tune_params_then_searches_min_confidence():
@@ -187,9 +189,8 @@ def test_tune_params_parallel_matches_serial(release):
     serial = tune_params(noisy, [labels, labels], candidates, min_sizes=(0, 30))
     parallel = tune_params(noisy, [labels, labels], candidates, workers=2, min_sizes=(0, 30))
     assert serial == parallel
-    assert (
-        serial[0].min_size in (0, 30) and len(serial[1]) == 4 + 2 * 8 - 1
-    )  # the grid, then sizes x confidences
+    # the grid's 4, then 2 sizes x 8 confidences (0 and CONFIDENCE_GRID) less the grid's best again
+    assert serial[0].min_size in (0, 30) and len(serial[1]) == 4 + 2 * 8 - 1
 
 
 def test_a_hole_inside_a_nucleus_becomes_part_of_it():

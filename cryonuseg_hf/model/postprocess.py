@@ -47,6 +47,10 @@ class PostprocessParams:
     min_confidence: float = 0.0
     """Lowest mean nucleus probability (``1 - p_background`` over the instance's pixels) a kept nucleus has."""
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence is a mean probability in [0, 1], got {self.min_confidence!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

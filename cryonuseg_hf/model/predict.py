@@ -288,8 +288,9 @@ def instances_from_pipeline(segments: Sequence[dict], config: Any, params: Any =
     The stock pipeline returns one binary mask per semantic class (the argmax of the upsampled logits), not
     nuclei. This turns those masks into one-hot class probabilities and runs this package's post-processing,
     so the result is the same as :func:`predict_instances` up to the soft probabilities it cannot see (every
-    nucleus pixel has probability 1 here, so ``min_confidence`` drops nothing). The pipeline's image processor resizes every image to the fixed training size (``512 * input_scale``), so
-    this path is right for 512x512 tiles at 40x only; use :func:`predict_instances` for other sizes.
+    nucleus pixel has probability 1 here, so ``min_confidence`` drops nothing). The pipeline's image processor
+    resizes every image to the fixed training size (``512 * input_scale``), so this path is right for 512x512
+    tiles at 40x only; use :func:`predict_instances` for other sizes.
 
     Args:
         segments: the pipeline's list of ``{"label": class name, "mask": PIL image}``.
