@@ -66,7 +66,8 @@ def cached_probabilities(cv, fold, tiles, cache, tune_n, threads, scale, which, 
     TTA (``kind``), at input ``scale`` (None: the checkpoint's); cached per fold model, scale, tiles and kind."""
     model = cv / "models" / f"fold_{fold}"
     weights = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()[:12]
-    path = cache / f"fold_{fold}_{weights}_scale{scale or 'own'}_{which}_{kind}.npy"
+    which_n = f"tune{tune_n}" if which == "tune" else which  # tune_n 0 = all training tiles
+    path = cache / f"fold_{fold}_{weights}_scale{scale or 'own'}_{which_n}_{kind}.npy"
     if path.is_file():  # a retrained fold model has other weights, hence another file
         return np.load(path)
     predictor = predictor_at(model, scale, threads)
@@ -180,13 +181,20 @@ def main(argv=None) -> int:
     parser.add_argument("--folds", type=int, nargs="*", default=list(range(N_FOLDS)))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--tune-tiles",
+        type=int,
+        default=None,
+        help="training tiles each fold tunes on (0 = all 27; default: the CV's own)",
+    )
     args = parser.parse_args(argv)
 
     tiles = load_tiles(args.data, markups=(MARKUP,))
     masks = tiles["masks"][MARKUP]
-    tune_n = json.loads((args.cv / "folds" / f"fold_{args.folds[0]}.json").read_text())["config"][
-        "tune_tiles"
-    ]
+    tune_n = args.tune_tiles
+    if tune_n is None:
+        config = json.loads((args.cv / "folds" / f"fold_{args.folds[0]}.json").read_text())["config"]
+        tune_n = config["tune_tiles"]
 
     def probabilities(fold, scale, which, kind):
         return cached_probabilities(
@@ -219,7 +227,7 @@ def main(argv=None) -> int:
         "# Post-processing variants on the fold models of a CV run\n\n"
         f"Produced by `{command}` on {record['machine']}, from the fold models of `{args.cv}` at commit "
         f"{commit or '(unknown)'}. Thresholds tuned per "
-        f"fold on its {tune_n} tuning tiles (training tiles only); scores are the mean over the held-out tiles of "
+        f"fold on {f'its {tune_n}' if tune_n else 'all its'} tuning tiles (training tiles only); scores are the mean over the held-out tiles of "
         f"folds {args.folds} against {MARKUP}.\n\n"
         + "\n".join(table(["variant", "AJI", "PQ", "Dice", "min_confidence per fold"], rows))
         + "\n\nSize of the nuclei the CV's held-out predictions (`predictions/`, all 30 tiles) match at IoU > 0.5: "
