@@ -174,6 +174,20 @@ def test_tune_params_then_searches_min_confidence():
     }
 
 
+def test_tune_params_averages_over_several_references_of_a_tile():
+    probabilities, truth = _faint_and_clear()
+    both = probabilities_to_instances(probabilities, EXACT)  # a mark-up that also drew the faint disk
+    pq = lambda t, p: _match(t, p)[3]  # noqa: E731
+    kwargs = dict(candidates=[EXACT], objective=pq, confidences=(0.9,), min_sizes=())
+    _, one = tune_params([probabilities], [truth], **kwargs)
+    _, other = tune_params([probabilities], [both], **kwargs)
+    best, mean = tune_params([probabilities], [(truth, both)], **kwargs)
+    assert [r["objective"] for r in one] == pytest.approx([2 / 3, 1.0])
+    assert [r["objective"] for r in other] == pytest.approx([1.0, 2 / 3])
+    assert [r["objective"] for r in mean] == pytest.approx([5 / 6, 5 / 6])
+    assert best == EXACT  # a tie: the filter is not taken
+
+
 def test_tune_params_parallel_matches_serial(release):
     import tifffile
 

@@ -214,7 +214,7 @@ def param_grid(
 
 def tune_params(
     probabilities: Iterable[np.ndarray],
-    references: Iterable[np.ndarray],
+    references: Iterable[np.ndarray | Sequence[np.ndarray]],
     candidates: Sequence[PostprocessParams] | None = None,
     objective: Callable[[np.ndarray, np.ndarray], float] | None = None,
     workers: int = 1,
@@ -233,7 +233,8 @@ def tune_params(
 
     Args:
         probabilities: per tile, (C, H, W) probabilities from the model.
-        references: per tile, (H, W) ground-truth instance labels.
+        references: per tile, (H, W) ground-truth instance labels, or a sequence of them (several mark-ups of
+            the tile: its objective is their mean).
         candidates: parameter sets to try (default :func:`param_grid`).
         objective: ``f(truth, prediction) -> float`` to maximise; default mean of AJI and PQ from
             ``cryonuseg_hf.evaluation.metrics.score_tile``.
@@ -287,9 +288,10 @@ def _default_objective(truth: np.ndarray, prediction: np.ndarray) -> float:
 
 
 def _tile_objectives(probabilities, reference, candidates, objective) -> list[float]:
-    """The objective of every candidate on one tile; the watershed runs once per setting other than the filters
-    (min_size, min_confidence)."""
+    """The objective of every candidate on one tile (the mean over its references, if several); the watershed
+    runs once per setting other than the filters (min_size, min_confidence)."""
     objective = objective or _default_objective
+    references = [reference] if isinstance(reference, np.ndarray) else list(reference)
     nucleus = 1.0 - _check_probabilities(probabilities)[0]
     unfiltered: dict[PostprocessParams, np.ndarray] = {}
     values = []
@@ -298,5 +300,5 @@ def _tile_objectives(probabilities, reference, candidates, objective) -> list[fl
         if key not in unfiltered:
             unfiltered[key] = probabilities_to_instances(probabilities, key)
         kept = _relabel(unfiltered[key], params.min_size, nucleus, params.min_confidence)
-        values.append(float(objective(reference, kept)))
+        values.append(float(np.mean([objective(truth, kept) for truth in references])))
     return values
