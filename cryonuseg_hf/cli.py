@@ -346,6 +346,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         kind = _int_at_least(INT_MINIMUMS[name]) if name in INT_MINIMUMS else int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (always on with CUDA)")
+    parser.add_argument(
+        "--all-markups",
+        action="store_true",
+        help="draw each training crop's target from one of the three mark-ups at random and tune the "
+        "post-processing on all three (instead of --markup only)",
+    )
 
 
 def _train_command(args: argparse.Namespace) -> str:

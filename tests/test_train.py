@@ -295,3 +295,88 @@ def test_training_with_contact_weight_needs_its_zones(tiles, tmp_path):
 
     with pytest.raises(ValueError, match="not to pretrain"):  # refused before any data is read
         pretrain(config, [tmp_path / "nowhere"], tmp_path / "start", "cryonuseg-hf pretrain")
+
+
+def test_all_markups_draws_targets_from_every_markup_of_the_training_tiles_only(tiles, monkeypatch, tmp_path):
+    from cryonuseg_hf.data.targets import instances_to_classes
+    from cryonuseg_hf.training import cv
+
+    rng = np.random.default_rng(1)
+    first = tiles["masks"]["annotator1_round2"]
+    other = np.where(rng.random(first.shape[1:]) < 0.5, first, 0)  # a sparser mark-up of the same tiles
+    three = {
+        **tiles,
+        "masks": {"annotator1_round1": first, "annotator1_round2": other, "annotator2": first[::-1]},
+    }
+    seen = {}
+
+    def fake_fit(config, images, classes, indices, stream, progress, state_path, name, contacts):
+        seen.update(images=images, classes=classes, indices=indices, contacts=contacts)
+        return None, {}
+
+    monkeypatch.setattr(cv, "fit_segformer", fake_fit)
+    config = TrainConfig(**TINY, steps=4, all_markups=True, contact_weight=5.0, boundary_width=2)
+    cv.train_model(config, three, fold=4, progress=False)
+    train = training_indices(4)
+    assert len(seen["images"]) == len(seen["classes"]) == len(seen["contacts"]) == 90
+    assert seen["indices"] == [k * 30 + i for k in range(3) for i in train]  # all copies, no held-out tile
+    for k, markup in enumerate(("annotator1_round1", "annotator1_round2", "annotator2")):
+        i = train[k]
+        assert np.array_equal(seen["images"][k * 30 + i], three["images"][i])
+        assert np.array_equal(seen["classes"][k * 30 + i], instances_to_classes(three["masks"][markup][i], 2))
+    # without the option only --markup's targets are drawn
+    cv.train_model(TrainConfig(**TINY, steps=4), three, fold=4, progress=False)
+    assert len(seen["images"]) == 30 and seen["indices"] == train
+    assert np.array_equal(seen["classes"][train[0]], instances_to_classes(other[train[0]], 1))
+    with pytest.raises(ValueError, match=r"mark-ups \['annotator1_round1', 'annotator2'\]"):
+        cv.train_model(config, tiles, fold=4, progress=False)  # one mark-up loaded
+    from cryonuseg_hf.training.cv import pretrain
+
+    with pytest.raises(ValueError, match="all-markups.*not to pretrain"):
+        pretrain(
+            TrainConfig(all_markups=True), [tmp_path / "nowhere"], tmp_path / "start", "cryonuseg-hf pretrain"
+        )
+
+
+def test_all_markups_tunes_against_every_markup(monkeypatch):
+    from cryonuseg_hf.model import postprocess
+    from cryonuseg_hf.training import cv
+
+    masks = {
+        m: np.arange(30)[:, None, None] + 100 * k
+        for k, m in enumerate(("annotator1_round1", "annotator1_round2", "annotator2"))
+    }
+    tiles = {"images": np.zeros((30, 1, 1, 3), np.uint8), "masks": masks}
+    seen = {}
+
+    class Predictor:
+        def probabilities(self, image, tta):
+            return np.zeros((3, 1, 1), np.float32)
+
+    def fake_tune(probabilities, references, workers):
+        seen["references"] = references
+        return postprocess.PostprocessParams(), [{"objective": 0.5}]
+
+    monkeypatch.setattr(postprocess, "tune_params", fake_tune)
+    cv.tune_postprocess(Predictor(), tiles, [3, 7], TrainConfig(all_markups=True))
+    assert [[int(r[0, 0]) for r in refs] for refs in seen["references"]] == [[3, 103, 203], [7, 107, 207]]
+    cv.tune_postprocess(Predictor(), tiles, [3, 7], TrainConfig(markup="annotator2"))
+    assert [[int(r[0, 0]) for r in refs] for refs in seen["references"]] == [[203], [207]]
+
+
+def test_reports_say_what_the_model_was_trained_on():
+    from cryonuseg_hf.reports.cv import cv_markdown
+    from cryonuseg_hf.reports.model_card import card_body
+    from cryonuseg_hf.training.config import ground_truth
+
+    assert ground_truth({"markup": "annotator2"}) == "annotator2"  # records made before all_markups existed
+    assert ground_truth({"markup": "annotator2", "all_markups": True}).startswith(
+        "all three mark-ups (annotator1_round1, annotator1_round2, annotator2: one drawn at random per"
+    )
+    metrics = json.loads((RESULTS / "cv" / "metrics.json").read_text())
+    one = cv_markdown(metrics)
+    assert "ground truth annotator1_round2;" in one and "annotator1_round2, the training ground truth" in one
+    metrics["config"]["all_markups"] = True
+    three = cv_markdown(metrics)
+    assert "ground truth all three mark-ups" in three and "one of the three trained on" in three
+    assert "ground truth all three mark-ups" in card_body(metrics, {"config": metrics["config"]})

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cryonuseg_hf.core.folds import fold_of
+from cryonuseg_hf.training.config import ground_truth
 from cryonuseg_hf.training.cv import read_predictions, score_predictions
 
 
@@ -81,7 +82,7 @@ def cv_markdown(results: dict[str, Any]) -> str:
         f"Config: SegFormer-{config['variant']}, input scale {config['input_scale']}, {config['steps']} steps of "
         f"{config['batch_size']} crops of {config['crop']} px, lr {config['lr']}, seed {config['seed']}, "
         f"init {config['init'] or 'none (from scratch)'}, TTA {'8 flips/rotations' if config['tta'] else 'off'}, "
-        f"ground truth {reference}; post-processing tuned on {config['tune_tiles'] or 'all'} training tiles per fold.",
+        f"ground truth {ground_truth(config)}; post-processing tuned on {config['tune_tiles'] or 'all'} training tiles per fold.",
         "",
         "## Mean over the held-out tiles",
         "",
@@ -112,11 +113,12 @@ def cv_markdown(results: dict[str, Any]) -> str:
             values += [human[name][group][key][m] for m in ("aji", "pq")]
         return [f"{v:.4f}" for v in values]
 
+    trained_on = "one of the three trained on" if config.get("all_markups") else "the training ground truth"
     lines += [
         "",
         "## Per organ (= per fold), with the human agreement on the same tiles",
         "",
-        f"Columns: the predictions against each mark-up (A1r2 = {reference} is the training ground truth); "
+        f"Columns: the predictions against each mark-up (A1r2 = {reference}, {trained_on}); "
         "intra = Annotator 1 round 1 vs round 2, inter = Annotator 2 vs Annotator 1 round 2.",
         "",
         "| fold | organ | " + " | ".join(head) + " | steps | train s | tune + predict s |",

@@ -17,6 +17,7 @@ from typing import Any
 
 from cryonuseg_hf.core.folds import ORGANS
 from cryonuseg_hf.core.markdown import table
+from cryonuseg_hf.training.config import ground_truth
 
 LICENSE = "cc-by-nc-sa-4.0"
 DATASET_ID = "cryonuseg"
@@ -245,7 +246,7 @@ def card_body(
         origin = (
             f"Pretrained here on other public 40x H&E nuclei data ({pretrain['windows']} windows of "
             f"512 px; none of it from CryoNuSeg), then fine-tuned on CryoNuSeg (10 organs x 3 tiles), ground "
-            f"truth {markup}. No ImageNet or other outside weights: none could be downloaded where it was made."
+            f"truth {ground_truth(config)}. No ImageNet or other outside weights: none could be downloaded where it was made."
         )
         described = [
             f"{stage['steps']} steps of {stage['config']['batch_size']} crops of {stage['config']['crop']} px at "
@@ -259,7 +260,7 @@ def card_body(
         pretrain_line = "Start point: " + "; then, from it, ".join(described)
         pretrain_line += f"; {total:.0f} min in all." if len(stages) > 1 else "."
     else:
-        origin = f"Trained from random weights on CryoNuSeg (10 organs x 3 tiles), ground truth {markup}."
+        origin = f"Trained from random weights on CryoNuSeg (10 organs x 3 tiles), ground truth {ground_truth(config)}."
         pretrain_line = "No start point: random initial weights."
     cv_command = _short(fold_commands[0]) if fold_commands else "cryonuseg-hf train --cv"
     final_command = _short(final.get("command", "cryonuseg-hf train --final"))

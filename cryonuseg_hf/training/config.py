@@ -25,6 +25,10 @@ class TrainConfig:
     """Stride of SegFormer's first patch embedding (4 in the paper; 2 doubles the output resolution)."""
     init: str | None = None
     markup: str = DEFAULT_MARKUP
+    """The training target and the mark-up the post-processing is tuned against, unless ``all_markups``."""
+    all_markups: bool = False
+    """Each training crop's target drawn from one of the three mark-ups at random, not from ``markup`` only;
+    the post-processing is tuned on the mean objective over the three."""
     boundary_width: int = 1
     steps: int = 1500
     max_seconds: float | None = None
@@ -115,6 +119,16 @@ def validate_config(config: TrainConfig) -> TrainConfig:
 
 RUN_OPTIONS = ("threads", "log_every", "save_every", "workers")
 """``TrainConfig`` fields that change how a run goes, not what it makes: a resumed run may change them."""
+
+
+def ground_truth(config: dict[str, Any]) -> str:
+    """What a recipe (a saved ``TrainConfig`` dict) trained and tuned on, in words for reports."""
+    if config.get("all_markups"):  # absent from records made before the option existed
+        return (
+            f"all three mark-ups ({', '.join(MARKUPS)}: one drawn at random per training crop, all three in the "
+            "post-processing's tuning objective)"
+        )
+    return str(config["markup"])
 
 
 def recipe(config: dict[str, Any]) -> dict[str, Any]:

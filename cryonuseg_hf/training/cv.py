@@ -43,12 +43,18 @@ import numpy as np
 
 from cryonuseg_hf.core.folds import N_FOLDS, TILE_IDS, fold_of, organ_of, tiles_of_fold
 from cryonuseg_hf.core.machine import machine_description
+from cryonuseg_hf.data.release import MARKUPS
 from cryonuseg_hf.model.segformer import resolve_device
 from cryonuseg_hf.training.config import TrainConfig, recipe
 from cryonuseg_hf.training.data import training_indices, tuning_tiles
 from cryonuseg_hf.training.loop import fit_segformer
 
 logger = logging.getLogger(__name__)
+
+
+def training_markups(config: TrainConfig) -> tuple[str, ...]:
+    """The mark-ups a model is trained and its post-processing tuned on: all three with ``all_markups``."""
+    return MARKUPS if config.all_markups else (config.markup,)
 
 
 def train_model(
@@ -62,13 +68,21 @@ def train_model(
     from cryonuseg_hf.data.targets import contact_zones, instances_to_classes
 
     indices = training_indices(fold)
-    masks = tiles["masks"][config.markup]
+    markups = training_markups(config)
+    missing = [m for m in markups if m not in tiles["masks"]]
+    if missing:
+        raise ValueError(f"training needs the mark-ups {missing}, which the loaded tiles lack")
+    # one copy of the tiles per mark-up: a crop drawn from copy k has mark-up k's target
+    masks = [m for markup in markups for m in tiles["masks"][markup]]
+    n = len(tiles["images"])
+    images = np.concatenate([tiles["images"]] * len(markups)) if len(markups) > 1 else tiles["images"]
+    allowed = [k * n + i for k in range(len(markups)) for i in indices]
     classes = np.stack([instances_to_classes(m, config.boundary_width) for m in masks])
     contacts = (
         np.stack([contact_zones(m, config.contact_radius) for m in masks]) if config.contact_weight else None
     )
     model, record = fit_segformer(
-        config, tiles["images"], classes, indices, 0 if fold is None else fold + 1, progress, state_path,
+        config, images, classes, allowed, 0 if fold is None else fold + 1, progress, state_path,
         name=f"fold {fold}", contacts=contacts,
     )  # fmt: skip
     record = {"fold": fold, "train_tiles": [TILE_IDS[i] for i in indices], **record}
@@ -76,11 +90,12 @@ def train_model(
 
 
 def tune_postprocess(predictor, tiles: dict[str, Any], indices: list[int], config: TrainConfig):
-    """Post-processing parameters tuned on the given training tiles, predicted by ``predictor`` without TTA."""
+    """Post-processing parameters tuned on the given training tiles, predicted by ``predictor`` without TTA,
+    against the mark-ups the model was trained on (the mean objective over them)."""
     from cryonuseg_hf.model.postprocess import tune_params
 
     probabilities = [predictor.probabilities(tiles["images"][i], tta=False) for i in indices]
-    references = [tiles["masks"][config.markup][i] for i in indices]
+    references = [[tiles["masks"][m][i] for m in training_markups(config)] for i in indices]
     best, records = tune_params(probabilities, references, workers=config.workers)
     return best, max(r["objective"] for r in records)
 
@@ -225,6 +240,8 @@ def pretrain(
 
     if config.contact_weight:
         raise ValueError("--contact-weight applies to fine-tuning on CryoNuSeg (train), not to pretrain")
+    if config.all_markups:
+        raise ValueError("--all-markups applies to fine-tuning on CryoNuSeg (train), not to pretrain")
     out = Path(out)
     state = Path(state) if state else out.with_name(out.name + ".state.pt")
     data = load_pretraining_tiles(folders, config.boundary_width)
