@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 FOLDS = (0, 1, 4)
 PAIR = (1, 4)
 PEER = "fixed_0.75"
+OTHER_MARKUPS = ("annotator1_round1", "annotator2")
+"""Mark-ups besides the headline one (annotator1_round2) with a column of the mean over ``FOLDS``."""
 
 
 def pretrain_minutes(init: str | None) -> str:
@@ -50,14 +52,19 @@ def row(name: str, metrics: dict) -> list[str]:
             f", contact weight {config['contact_weight']:g} within {config['contact_radius']} px"
             if config.get("contact_weight")
             else ""
-        ),
+        )
+        + (", trained on all three mark-ups" if config.get("all_markups") else ""),
         f"{config['steps']} x {config['batch_size']}x{config['crop']}², lr {config['lr']}",
     ]
     seconds = [float(r.get("train_seconds", 0)) for r in metrics["folds"].values() if r]
     cells.append(f"{sum(seconds) / max(len(seconds), 1):.0f}")
     filtered = any("min_confidence" in r.get("postprocess", {}) for r in metrics["folds"].values() if r)
     cells.append("grid, then min_size x min_confidence" if filtered else "grid")
-    return cells + fold_cells({int(k): v for k, v in per_fold.items()})
+    others = [
+        fold_cells({int(k): v for k, v in metrics["scores"][m].get("per_fold", {}).items()})[-1]
+        for m in OTHER_MARKUPS
+    ]
+    return cells + fold_cells({int(k): v for k, v in per_fold.items()}) + others
 
 
 def fold_cells(per_fold: dict[int, dict]) -> list[str]:
@@ -84,20 +91,37 @@ def main() -> None:
         rows.append(row("../cv", json.loads(cv.read_text())))  # the full CV; all 10 folds in its metrics.md
     peers_path = REPO / "results" / "peers.json"
     if peers_path.is_file():
-        peer = json.loads(peers_path.read_text())["scores"][PEER]["annotator1_round2"]["per_organ"]
-        per_fold = {k: peer[organ] for k, organ in enumerate(ORGANS) if organ in peer}
-        rows.append(["InstanSeg zero-shot, resized 0.75 (peer)", "", "", "", "", "", *fold_cells(per_fold)])
+        peer = json.loads(peers_path.read_text())["scores"][PEER]
+
+        def peer_folds(markup: str) -> dict[int, dict]:
+            per_organ = peer[markup]["per_organ"]
+            return {k: per_organ[organ] for k, organ in enumerate(ORGANS) if organ in per_organ}
+
+        others = [fold_cells(peer_folds(m))[-1] for m in OTHER_MARKUPS]
+        rows.append(
+            [
+                "InstanSeg zero-shot, resized 0.75 (peer)",
+                "",
+                "",
+                "",
+                "",
+                "",
+                *fold_cells(peer_folds("annotator1_round2")),
+                *others,
+            ]
+        )
     header = [
         "experiment", "pretraining", "model", "fine-tuning", "train s per fold", "post-processing tuned",
         *(f"fold {k} {ORGANS[k]} AJI / PQ" for k in FOLDS), "mean of folds 1 and 4", "mean of folds 0, 1, 4",
+        *(f"mean of folds 0, 1, 4 vs {m}" for m in OTHER_MARKUPS),
     ]  # fmt: skip
     lines = [
         "# Training experiments on the CPU",
         "",
         "Produced by `python benchmarks/experiments_summary.py` from the `metrics.json` of each folder here; each "
         "folder's `metrics.md` names the command that made it, the machine and the load it ran under. Scores: "
-        "AJI / PQ against annotator1_round2, mean over the fold's 3 held-out tiles (TTA on, post-processing tuned "
-        "on training tiles). Only 3 tiles per fold: differences of a few hundredths are within noise.",
+        "AJI / PQ against annotator1_round2 (the last two columns: against the other two mark-ups), mean over the "
+        "fold's 3 held-out tiles (TTA on, post-processing tuned on training tiles). Only 3 tiles per fold: differences of a few hundredths are within noise.",
         "",
         "Related measurements: CPU seconds per step of each option (`../train_step_cpu.md`: bf16 autocast 1.6x "
         "faster, first stride 2 3.5x slower) and the ceiling each output resolution allows "
