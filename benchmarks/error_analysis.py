@@ -10,6 +10,8 @@ nucleus gets the first type that fits it:
 - other.
 
 Unmatched predictions are counted too, and those lying over under 20 % reference pixels ("on background").
+Last, the size of the nuclei of each mark-up and of each set of predictions (median and mean area in pixels): the
+annotators draw nuclei of different sizes.
 The same analysis runs for the CV's held-out predictions, InstanSeg's (the peer) and the second annotator, all
 against annotator1_round2, from the files other commands wrote::
 
@@ -30,6 +32,7 @@ import numpy as np
 
 from cryonuseg_hf.core.folds import TILE_IDS
 from cryonuseg_hf.core.markdown import table
+from cryonuseg_hf.data.release import MARKUPS
 from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import _pairs
 from cryonuseg_hf.evaluation.score import read_prediction_labels
 from cryonuseg_hf.training.data import load_tiles
@@ -87,6 +90,12 @@ def error_types(truth: np.ndarray, prediction: np.ndarray) -> dict[str, int]:
     return counts
 
 
+def areas(labels: np.ndarray) -> np.ndarray:
+    """The pixel area of every nucleus of an instance label image."""
+    counts = np.bincount(labels.ravel())[1:]
+    return counts[counts > 0]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,22 +105,39 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("results/experiments"))
     args = parser.parse_args(argv)
-    tiles = load_tiles(args.data, markups=(REFERENCE, "annotator2"))
-    results = {}
+    tiles = load_tiles(args.data, markups=MARKUPS)
+    results, sizes = {}, {}
+    for markup in MARKUPS:
+        sizes[markup] = np.concatenate([areas(m) for m in tiles["masks"][markup]])
     for name, source in SOURCES.items():
         total: dict[str, int] = {}
+        found = []
         for i, tile in enumerate(TILE_IDS):
             if source in tiles["masks"]:
                 prediction = tiles["masks"][source][i]
             else:
                 prediction = read_prediction_labels(Path(source) / f"{tile}.png")
+            found.append(areas(prediction))
             for key, value in error_types(tiles["masks"][REFERENCE][i], prediction).items():
                 total[key] = total.get(key, 0) + value
         results[name] = total
+        if source not in tiles["masks"]:
+            sizes[name] = np.concatenate(found)
+    size_stats = {
+        name: {
+            "nuclei": int(a.size),
+            "median_area": float(np.median(a)),
+            "mean_area": round(float(a.mean()), 1),
+        }
+        for name, a in sizes.items()
+    }
     command = shlex.join(["python", "benchmarks/error_analysis.py", *sys.argv[1:]])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "error_types.json").write_text(
-        json.dumps({"command": command, "reference": REFERENCE, "results": results}, indent=2) + "\n"
+        json.dumps(
+            {"command": command, "reference": REFERENCE, "results": results, "sizes": size_stats}, indent=2
+        )
+        + "\n"
     )
     header = [
         "predictions",
@@ -133,6 +159,16 @@ def main(argv=None) -> int:
         "covered), merged (the prediction overlapping it most covers over 30 % of another reference nucleus), split "
         "(two or more predictions cover over 20 % each), poor fit (best IoU 0.3-0.5), other.\n\n"
         + "\n".join(table(header, rows))
+        + "\n\n## Nucleus size (all 30 tiles)\n\n"
+        + "\n".join(
+            table(
+                ["nuclei of", "nuclei", "median area px", "mean area px"],
+                [
+                    [n, str(v["nuclei"]), f"{v['median_area']:g}", f"{v['mean_area']:g}"]
+                    for n, v in size_stats.items()
+                ],
+            )
+        )
         + "\n"
     )
     (args.out / "error_types.md").write_text(text)
