@@ -13,7 +13,8 @@ every fold and the final model fine-tuned from it on the CPU (about 4 minutes ea
     cryonuseg-hf pretrain --data ... --out results/pretrained_gpu --init results/pretrained --input-scale 1 \
         --boundary-width 2 --batch-size 32 --crop 128 --lr 0.0005 --warmup 200 --steps 4981 --device cuda
     cryonuseg-hf train --cv --final --init results/pretrained_gpu --input-scale 1.5 --boundary-width 2 --bf16 \
-        --batch-size 8 --crop 128 --warmup 30 --steps 300 --lr 0.0003 --contact-weight 5 --contact-radius 2
+        --batch-size 8 --crop 128 --warmup 30 --steps 300 --lr 0.0003 --contact-weight 5 --contact-radius 2 \
+        --all-markups
     cryonuseg-hf model-card
 
 Every run is resumable: the training state is saved every ``--save-every`` seconds and a restarted command
