@@ -380,3 +380,16 @@ def test_reports_say_what_the_model_was_trained_on():
     three = cv_markdown(metrics)
     assert "ground truth all three mark-ups" in three and "one of the three trained on" in three
     assert "ground truth all three mark-ups" in card_body(metrics, {"config": metrics["config"]})
+
+
+def test_a_record_made_before_a_field_existed_has_that_fields_default():
+    from dataclasses import asdict
+
+    from cryonuseg_hf.training.config import recipe
+
+    config = asdict(TrainConfig(contact_weight=5.0))
+    old = {k: v for k, v in config.items() if k != "all_markups"}  # saved before --all-markups existed
+    assert recipe(old) == recipe(config)
+    assert recipe(old) != recipe(asdict(TrainConfig(contact_weight=5.0, all_markups=True)))
+    assert recipe({**config, "threads": 8}) == recipe(config)  # how a run goes, not what it makes
+    assert recipe({}) == {} != recipe(config)

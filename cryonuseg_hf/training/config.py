@@ -7,7 +7,7 @@ A :class:`TrainConfig` is saved beside every result and checkpoint (``cryonuseg_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cryonuseg_hf.core.tiles import TILE_SIZE
@@ -132,4 +132,10 @@ def ground_truth(config: dict[str, Any]) -> str:
 
 
 def recipe(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in RUN_OPTIONS}
+    """The fields of a saved ``TrainConfig`` dict that decide the model, to compare two runs. A field the dict
+    lacks was added to ``TrainConfig`` after it was saved, and counts as its default: the behaviour it trained
+    with. An empty dict (a record without a config) stays empty, equal to no recipe."""
+    if not config:
+        return {}
+    full = {**asdict(TrainConfig()), **config}
+    return {k: v for k, v in full.items() if k not in RUN_OPTIONS}
