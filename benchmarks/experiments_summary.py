@@ -132,8 +132,9 @@ def main() -> None:
         "`../pretrained_cpu3/README.md`. Why reference nuclei go unmatched (missed, merged, split, poor fit) for the "
         "CV, InstanSeg and the second annotator: `error_types.md`. Post-processing tuned on the grid only, or "
         "then also on the minimum size and the confidence filter together (`min_confidence`, from commit 82082ed): "
-        "its effect on the fold models of the CV is in `postprocess_confidence/postprocess.md`; compare rows "
-        "tuned the same way. Tuning on all 27 training tiles of a fold instead of 9: "
+        "its effect on the fold models of the CV of commit 618eb0c (one mark-up) is in "
+        "`postprocess_confidence/postprocess.md`; compare rows "
+        "tuned the same way. Tuning on all 27 training tiles of a fold instead of 9, on the same fold models: "
         '`postprocess_tune_all/postprocess.md`. Rows that say "trained on all three mark-ups" (`--all-markups`) '
         "also tuned their post-processing on the mean over the three.",
         "",
