@@ -2,7 +2,8 @@
 
 Each fold model's class probabilities (with and without TTA) of its tuning tiles and its three held-out tiles are
 computed once and cached; then each variant tunes its thresholds on the fold's tuning tiles (training tiles only,
-as ``train --cv`` does) and is scored on the held-out tiles against annotator1_round2. The fold protocol holds:
+as ``train --cv`` does; against annotator1_round2, or all three mark-ups where the variant says so) and is scored
+on the held-out tiles against every mark-up. The fold protocol holds:
 nothing about a held-out tile reaches the choice of its thresholds. Some variants also predict at another input
 scale than the checkpoint's. Last, it measures how the size of the CV's matched nuclei compares with the reference.
 
@@ -21,12 +22,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from cryonuseg_hf.core.folds import N_FOLDS, TILE_IDS, tiles_of_fold
 from cryonuseg_hf.core.machine import machine_description
 from cryonuseg_hf.core.markdown import table
+from cryonuseg_hf.data.release import MARKUPS
 from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import score_tile
 from cryonuseg_hf.model.postprocess import (
     CONFIDENCE_GRID,
@@ -95,51 +98,56 @@ def smooth(probs: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(probs, sigma=(0, sigma, sigma))
 
 
+class Variant(NamedTuple):
+    """One way to tune the post-processing on a fold's tuning tiles and predict its held-out tiles."""
+
+    tune: str = "plain"
+    """Probabilities tuned on: "plain" or "tta"."""
+    held: str = "tta"
+    """Probabilities of the held-out tiles: "plain" or "tta"."""
+    sigma: float = 0.0
+    """Gaussian smoothing of the probabilities, in pixels (0: none)."""
+    scale: float | None = None
+    """Input scale at prediction (None: the checkpoint's own, 1.5 for the fold models of results/cv)."""
+    mask_thresholds: tuple[float, ...] | None = None
+    """Mask thresholds of the grid (None: param_grid's)."""
+    confidences: tuple[float, ...] = ()
+    """min_confidence values searched after the grid, with the minimum size (empty: no second search)."""
+    tune_markups: tuple[str, ...] = (MARKUP,)
+    """The mark-ups tuned against (the mean objective over them)."""
+
+
 VARIANTS = {
-    # name: (tuning probabilities, held-out probabilities, Gaussian smoothing sigma in pixels, input scale
-    # at prediction, None = the checkpoint's own, 1.5 for the fold models of results/cv; mask thresholds tried,
-    # None = param_grid's; min_confidence values searched after the grid, () = none)
-    "grid only (tune plain, predict TTA)": ("plain", "tta", 0.0, None, None, ()),
-    "as in train --cv: grid, then min_size x min_confidence": (
-        "plain",
-        "tta",
-        0.0,
-        None,
-        None,
-        CONFIDENCE_GRID,
+    "grid only (tune plain, predict TTA)": Variant(),
+    "as in train --cv: grid, then min_size x min_confidence": Variant(confidences=CONFIDENCE_GRID),
+    "as in train --all-markups: grid, then min_size x min_confidence, tuned on all three mark-ups": Variant(
+        confidences=CONFIDENCE_GRID, tune_markups=MARKUPS
     ),
-    "tune TTA, predict TTA": ("tta", "tta", 0.0, None, None, ()),
-    "tune TTA, predict TTA, smoothing 1 px": ("tta", "tta", 1.0, None, None, ()),
-    "grid only, predicted at input scale 1.75": ("plain", "tta", 0.0, 1.75, None, ()),
-    "grid only, predicted at input scale 2.0": ("plain", "tta", 0.0, 2.0, None, ()),
-    "grid only, mask thresholds up to 0.9": (
-        "plain",
-        "tta",
-        0.0,
-        None,
-        (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-        (),
-    ),
+    "tune TTA, predict TTA": Variant(tune="tta"),
+    "tune TTA, predict TTA, smoothing 1 px": Variant(tune="tta", sigma=1.0),
+    "grid only, predicted at input scale 1.75": Variant(scale=1.75),
+    "grid only, predicted at input scale 2.0": Variant(scale=2.0),
+    "grid only, mask thresholds up to 0.9": Variant(mask_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
 }
 
 
-def run_variant(probabilities, folds, tune_n, masks, variant):
-    """Per held-out tile scores and per fold chosen parameters; ``probabilities(fold, scale, which, kind)``."""
-    tune_kind, held_kind, sigma, scale, mask_thresholds, confidences = variant
-    grid = param_grid(mask_thresholds=mask_thresholds) if mask_thresholds else param_grid()
+def run_variant(probabilities, folds, tune_n, masks, variant: Variant):
+    """Per held-out tile scores against every mark-up in ``masks`` and per fold chosen parameters;
+    ``probabilities(fold, scale, which, kind)``."""
+    grid = param_grid(mask_thresholds=variant.mask_thresholds) if variant.mask_thresholds else param_grid()
     per_tile, chosen = {}, {}
     for fold in folds:
         indices = fold_indices(fold, tune_n)
-        tune = probabilities(fold, scale, "tune", tune_kind)
-        tune_probs = [smooth(p.astype(np.float32), sigma) for p in tune]
-        refs = [masks[i] for i in indices["tune"]]
-        # objective: mean of AJI and PQ
-        best, _ = tune_params(tune_probs, refs, candidates=grid, confidences=confidences)
+        tune = probabilities(fold, variant.scale, "tune", variant.tune)
+        tune_probs = [smooth(p.astype(np.float32), variant.sigma) for p in tune]
+        refs = [[masks[m][i] for m in variant.tune_markups] for i in indices["tune"]]
+        # objective: mean of AJI and PQ (over the tune mark-ups)
+        best, _ = tune_params(tune_probs, refs, candidates=grid, confidences=variant.confidences)
         chosen[fold] = best.to_dict()
-        held = probabilities(fold, scale, "held", held_kind)
+        held = probabilities(fold, variant.scale, "held", variant.held)
         for i, p in zip(indices["held"], held, strict=True):
-            labels = probabilities_to_instances(smooth(p.astype(np.float32), sigma), best)
-            per_tile[TILE_IDS[i]] = score_tile(masks[i], labels)
+            labels = probabilities_to_instances(smooth(p.astype(np.float32), variant.sigma), best)
+            per_tile[TILE_IDS[i]] = {m: score_tile(masks[m][i], labels) for m in masks}
     return per_tile, chosen
 
 
@@ -189,8 +197,8 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
-    tiles = load_tiles(args.data, markups=(MARKUP,))
-    masks = tiles["masks"][MARKUP]
+    tiles = load_tiles(args.data, markups=MARKUPS)
+    masks = tiles["masks"]
     tune_n = args.tune_tiles
     if tune_n is None:
         config = json.loads((args.cv / "folds" / f"fold_{args.folds[0]}.json").read_text())["config"]
@@ -205,13 +213,16 @@ def main(argv=None) -> int:
     for name in args.variants:
         t0 = time.perf_counter()
         per_tile, chosen = run_variant(probabilities, args.folds, tune_n, masks, VARIANTS[name])
-        mean = {k: float(np.mean([s[k] for s in per_tile.values()])) for k in ("aji", "pq", "dice")}
-        results[name] = {"mean": mean, "per_tile": per_tile, "params": chosen}
+        means = {
+            m: {k: float(np.mean([s[m][k] for s in per_tile.values()])) for k in ("aji", "pq", "dice")}
+            for m in MARKUPS
+        }
+        results[name] = {"mean": means[MARKUP], "means": means, "per_tile": per_tile, "params": chosen}
         print(
-            f"{name}: AJI {mean['aji']:.4f} PQ {mean['pq']:.4f} ({time.perf_counter() - t0:.0f} s)",
+            f"{name}: AJI {means[MARKUP]['aji']:.4f} PQ {means[MARKUP]['pq']:.4f} ({time.perf_counter() - t0:.0f} s)",
             file=sys.stderr,
         )
-    bias = size_bias(args.cv, masks)
+    bias = size_bias(args.cv, masks[MARKUP])
     args.out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "benchmarks/postprocess_experiments.py", *sys.argv[1:]])
     commit = subprocess.run(
@@ -220,16 +231,22 @@ def main(argv=None) -> int:
     record = {"command": command, "machine": machine_description("cpu"), "cv": str(args.cv), "commit": commit,
               "folds": args.folds, "tune_tiles_per_fold": tune_n, "results": results, "size_bias": bias}  # fmt: skip
     (args.out / "postprocess.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
-    rows = [[name, f"{r['mean']['aji']:.4f}", f"{r['mean']['pq']:.4f}", f"{r['mean']['dice']:.4f}",
-             ", ".join(f"{p['min_confidence']:g}" for p in r["params"].values())]
+    rows = [[name, *(f"{r['means'][m]['aji']:.4f} / {r['means'][m]['pq']:.4f}" for m in MARKUPS),
+             f"{r['mean']['dice']:.4f}", ", ".join(f"{p['min_confidence']:g}" for p in r["params"].values())]
             for name, r in results.items()]  # fmt: skip
+    header = [
+        "variant",
+        *(f"AJI / PQ vs {m}" for m in MARKUPS),
+        f"Dice vs {MARKUP}",
+        "min_confidence per fold",
+    ]
     text = (
         "# Post-processing variants on the fold models of a CV run\n\n"
         f"Produced by `{command}` on {record['machine']}, from the fold models of `{args.cv}` at commit "
         f"{commit or '(unknown)'}. Thresholds tuned per "
         f"fold on {f'its {tune_n}' if tune_n else 'all its'} tuning tiles (training tiles only); scores are the mean over the held-out tiles of "
-        f"folds {args.folds} against {MARKUP}.\n\n"
-        + "\n".join(table(["variant", "AJI", "PQ", "Dice", "min_confidence per fold"], rows))
+        f"folds {args.folds} against each mark-up. Unless a variant says otherwise, it tunes against {MARKUP}.\n\n"
+        + "\n".join(table(header, rows))
         + "\n\nSize of the nuclei the CV's held-out predictions (`predictions/`, all 30 tiles) match at IoU > 0.5: "
         f"{bias['matched_nuclei']} matched, predicted area / reference area median {bias['median_area_ratio']:.3f}, "
         f"mean {bias['mean_area_ratio']:.3f}; {100 * bias['share_larger']:.0f} % of the predictions are larger; mean "
