@@ -136,7 +136,8 @@ def main() -> None:
         "`postprocess_confidence/postprocess.md`; compare rows "
         "tuned the same way. Tuning on all 27 training tiles of a fold instead of 9, on the same fold models: "
         '`postprocess_tune_all/postprocess.md`. Rows that say "trained on all three mark-ups" (`--all-markups`) '
-        "also tuned their post-processing on the mean over the three.",
+        "also tuned their post-processing on the mean over the three; the same fold models tuned on one mark-up or "
+        "on three: `postprocess_all_markups/postprocess.md`.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
