@@ -10,10 +10,9 @@ nucleus gets the first type that fits it:
 - other.
 
 Unmatched predictions are counted too, and those lying over under 20 % reference pixels ("on background").
-Last, the size of the nuclei of each mark-up and of each set of predictions (median and mean area in pixels): the
-annotators draw nuclei of different sizes.
 The same analysis runs for the CV's held-out predictions, InstanSeg's (the peer) and the second annotator, all
-against annotator1_round2, from the files other commands wrote::
+against annotator1_round2, from the files other commands wrote. Last, the size of the nuclei of each mark-up and
+of each set of predictions (median and mean area in pixels): the annotators draw nuclei of different sizes::
 
     python benchmarks/error_analysis.py
 
@@ -111,17 +110,17 @@ def main(argv=None) -> int:
         sizes[markup] = np.concatenate([areas(m) for m in tiles["masks"][markup]])
     for name, source in SOURCES.items():
         total: dict[str, int] = {}
-        found = []
+        found = []  # nucleus areas of prediction files (a mark-up's are in ``sizes`` already)
         for i, tile in enumerate(TILE_IDS):
             if source in tiles["masks"]:
                 prediction = tiles["masks"][source][i]
             else:
                 prediction = read_prediction_labels(Path(source) / f"{tile}.png")
-            found.append(areas(prediction))
+                found.append(areas(prediction))
             for key, value in error_types(tiles["masks"][REFERENCE][i], prediction).items():
                 total[key] = total.get(key, 0) + value
         results[name] = total
-        if source not in tiles["masks"]:
+        if found:
             sizes[name] = np.concatenate(found)
     size_stats = {
         name: {

@@ -98,18 +98,9 @@ def main() -> None:
             return {k: per_organ[organ] for k, organ in enumerate(ORGANS) if organ in per_organ}
 
         others = [fold_cells(peer_folds(m))[-1] for m in OTHER_MARKUPS]
-        rows.append(
-            [
-                "InstanSeg zero-shot, resized 0.75 (peer)",
-                "",
-                "",
-                "",
-                "",
-                "",
-                *fold_cells(peer_folds("annotator1_round2")),
-                *others,
-            ]
-        )
+        recipe_cells = [""] * 5  # pretraining, model, fine-tuning, train s, post-processing
+        name = "InstanSeg zero-shot, resized 0.75 (peer)"
+        rows.append([name, *recipe_cells, *fold_cells(peer_folds("annotator1_round2")), *others])
     header = [
         "experiment", "pretraining", "model", "fine-tuning", "train s per fold", "post-processing tuned",
         *(f"fold {k} {ORGANS[k]} AJI / PQ" for k in FOLDS), "mean of folds 1 and 4", "mean of folds 0, 1, 4",
@@ -121,7 +112,8 @@ def main() -> None:
         "Produced by `python benchmarks/experiments_summary.py` from the `metrics.json` of each folder here; each "
         "folder's `metrics.md` names the command that made it, the machine and the load it ran under. Scores: "
         "AJI / PQ against annotator1_round2 (the last two columns: against the other two mark-ups), mean over the "
-        "fold's 3 held-out tiles (TTA on, post-processing tuned on training tiles). Only 3 tiles per fold: differences of a few hundredths are within noise.",
+        "fold's 3 held-out tiles (TTA on, post-processing tuned on training tiles). Only 3 tiles per fold: "
+        "differences of a few hundredths are within noise.",
         "",
         "Related measurements: CPU seconds per step of each option (`../train_step_cpu.md`: bf16 autocast 1.6x "
         "faster, first stride 2 3.5x slower) and the ceiling each output resolution allows "
