@@ -325,6 +325,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "dice_weight",
         "contact_weight",
         "scale_jitter",
+        "ema_decay",
         "max_seconds",
         "save_every",
     ):

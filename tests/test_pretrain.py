@@ -130,17 +130,27 @@ def test_pretrain_command_then_fine_tune_from_it(small_external, tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_interrupted_training_resumes_to_the_same_model(small_external, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5])
+def test_interrupted_training_resumes_to_the_same_model(small_external, tmp_path, monkeypatch, ema_decay):
     from cryonuseg_hf.training import loop as train_module
     from cryonuseg_hf.training.config import TrainConfig
     from cryonuseg_hf.training.loop import fit_segformer
 
     data = load_pretraining_tiles(small_external[1:])
     config = TrainConfig(
-        variant="tiny", input_scale=1.0, batch_size=2, crop=64, steps=6, warmup=2, save_every=0
-    )
+        variant="tiny", input_scale=1.0, batch_size=2, crop=64, steps=6, warmup=2, save_every=0,
+        ema_decay=ema_decay,
+    )  # fmt: skip
     indices = list(range(len(data["names"])))
     straight, record = fit_segformer(config, data["images"], data["classes"], indices, progress=False)
+    if ema_decay:  # the same run returns the average of its weights, not the last step's
+        last, last_record = fit_segformer(
+            TrainConfig(**{**config.__dict__, "ema_decay": 0.0}), data["images"], data["classes"], indices,
+            progress=False,
+        )  # fmt: skip
+        assert last_record["loss_curve"] == record["loss_curve"]
+        weights = [(a, b) for a, b in zip(straight.parameters(), last.parameters(), strict=True)]
+        assert any(not torch.equal(a, b) for a, b in weights)
 
     state = tmp_path / "run.state.pt"
     real_augment, calls = train_module.augment, []

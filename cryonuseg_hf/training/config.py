@@ -45,6 +45,9 @@ class TrainConfig:
     contact_radius: int = 3
     """Pixels within this many of two or more nuclei are contact pixels."""
     scale_jitter: float = 0.15
+    ema_decay: float = 0.0
+    """The model a run returns is the exponential moving average of its weights with this decay per step
+    (``torch.optim.swa_utils``; 0 = the last step's weights). 0.98 averages about the last 50 steps."""
     tta: bool = True
     tune_tiles: int = 9
     """Training tiles the post-processing is tuned on (one per organ first); 0 = all training tiles."""
@@ -112,6 +115,8 @@ def validate_config(config: TrainConfig) -> TrainConfig:
             raise bad(name, "a number >= 0")
     if not 0 <= config.scale_jitter < 1:
         raise bad("scale_jitter", "a number in [0, 1)")
+    if not 0 <= config.ema_decay < 1:
+        raise bad("ema_decay", "a number in [0, 1) (0 = no average)")
     if config.max_seconds is not None and not config.max_seconds > 0:
         raise bad("max_seconds", "a number of seconds > 0")
     return config

@@ -6,7 +6,8 @@ noise, input-scale jitter): there is no data loader to wait for. The same code r
 (bf16 autocast pays 1.6x there; ``results/train_step_cpu.md``).
 
 Every run is resumable: the training state is saved every ``save_every`` seconds and a restarted run continues
-from it. ``max_seconds`` times steps 10-30 and cuts the cosine schedule to fit a wall-clock budget; the steps
+from it. With ``ema_decay`` the model returned is the exponential moving average of the weights
+(``torch.optim.swa_utils.AveragedModel``), updated after every step and saved with the state. ``max_seconds`` times steps 10-30 and cuts the cosine schedule to fit a wall-clock budget; the steps
 actually run are recorded. A step whose gradient is inf/NaN is skipped, and a run that keeps producing them stops.
 """
 
@@ -157,6 +158,12 @@ def fit_segformer(
         config.variant, config.input_scale, config.init, seed=config.seed, first_stride=config.first_stride
     ).to(device).train()  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    average = None
+    if config.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # buffers too: the decode head's batch-norm statistics follow the averaged weights
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
     if device.startswith("cuda"):
@@ -171,6 +178,8 @@ def fit_segformer(
             raise ValueError(f"{state_path}: training state of another recipe; remove it to start afresh")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         rng.bit_generator.state = state["rng"]
         generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())  # stochastic depth draws from the global generator
@@ -185,6 +194,7 @@ def fit_segformer(
             "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "total": total, "step": step,
             "elapsed": elapsed + time.perf_counter() - start, "losses": [float(v) for v in losses], "skipped": skipped,
+            "average": average.state_dict() if average is not None else None,
         }  # fmt: skip
         state_path.parent.mkdir(parents=True, exist_ok=True)
         partial = state_path.with_name(state_path.name + ".partial")
@@ -210,6 +220,8 @@ def fit_segformer(
         step += 1
         if torch.isfinite(norm):  # waits for the GPU, which a launch-bound loop costs little
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             losses.append(loss.detach())
             bad_in_a_row = 0
         else:  # an overflow under bf16 autocast: skip the update rather than write NaN into the weights
@@ -256,4 +268,4 @@ def fit_segformer(
         "device": device,
         "skipped_steps": skipped,
     }
-    return model.eval(), record
+    return (model if average is None else average.module).eval(), record
