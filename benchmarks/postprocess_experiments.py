@@ -42,6 +42,7 @@ from cryonuseg_hf.model.predict import open_predictor
 from cryonuseg_hf.training.data import load_tiles, training_indices, tuning_tiles
 
 MARKUP = "annotator1_round2"
+SPLIT_DEPTHS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 def predictor_at(model: Path, scale: float | None, threads: int):
@@ -115,6 +116,8 @@ class Variant(NamedTuple):
     """min_confidence values searched after the grid, with the minimum size (empty: no second search)."""
     tune_markups: tuple[str, ...] = (MARKUP,)
     """The mark-ups tuned against (the mean objective over them)."""
+    split_depths: tuple[float, ...] = ()
+    """split_depth values searched after the grid (empty: no such search, no split)."""
 
 
 VARIANTS = {
@@ -122,6 +125,9 @@ VARIANTS = {
     "as in train --cv: grid, then min_size x min_confidence": Variant(confidences=CONFIDENCE_GRID),
     "as in train --all-markups: grid, then min_size x min_confidence, tuned on all three mark-ups": Variant(
         confidences=CONFIDENCE_GRID, tune_markups=MARKUPS
+    ),
+    "as in train --all-markups, with a search of split_depth after the grid": Variant(
+        confidences=CONFIDENCE_GRID, tune_markups=MARKUPS, split_depths=SPLIT_DEPTHS
     ),
     "tune TTA, predict TTA": Variant(tune="tta"),
     "tune TTA, predict TTA, smoothing 1 px": Variant(tune="tta", sigma=1.0),
@@ -142,7 +148,13 @@ def run_variant(probabilities, folds, tune_n, masks, variant: Variant):
         tune_probs = [smooth(p.astype(np.float32), variant.sigma) for p in tune]
         refs = [[masks[m][i] for m in variant.tune_markups] for i in indices["tune"]]
         # objective: mean of AJI and PQ (over the tune mark-ups)
-        best, _ = tune_params(tune_probs, refs, candidates=grid, confidences=variant.confidences)
+        best, _ = tune_params(
+            tune_probs,
+            refs,
+            candidates=grid,
+            confidences=variant.confidences,
+            split_depths=variant.split_depths,
+        )
         chosen[fold] = best.to_dict()
         held = probabilities(fold, variant.scale, "held", variant.held)
         for i, p in zip(indices["held"], held, strict=True):
@@ -232,13 +244,15 @@ def main(argv=None) -> int:
               "folds": args.folds, "tune_tiles_per_fold": tune_n, "results": results, "size_bias": bias}  # fmt: skip
     (args.out / "postprocess.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
     rows = [[name, *(f"{r['means'][m]['aji']:.4f} / {r['means'][m]['pq']:.4f}" for m in MARKUPS),
-             f"{r['mean']['dice']:.4f}", ", ".join(f"{p['min_confidence']:g}" for p in r["params"].values())]
+             f"{r['mean']['dice']:.4f}", ", ".join(f"{p['min_confidence']:g}" for p in r["params"].values()),
+             ", ".join(f"{p.get('split_depth', 0):g}" for p in r["params"].values())]
             for name, r in results.items()]  # fmt: skip
     header = [
         "variant",
         *(f"AJI / PQ vs {m}" for m in MARKUPS),
         f"Dice vs {MARKUP}",
         "min_confidence per fold",
+        "split_depth per fold",
     ]
     text = (
         "# Post-processing variants on the fold models of a CV run\n\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -226,3 +228,30 @@ def test_a_hole_inside_a_nucleus_becomes_part_of_it():
     assert labels.max() == 2
     assert (labels[hole] == labels[20, 10]).all() and labels[20, 10] > 0
     assert (labels > 0).sum() == (ring | hole | other).sum()
+
+
+def test_split_depth_separates_nuclei_whose_interiors_merged():
+    from skimage.draw import disk
+
+    # two touching disks of radius 9 drawn as one interior blob (the model missed the boundary between them)
+    truth = np.zeros((48, 64), np.int32)
+    for value, c in ((1, 20), (2, 36)):
+        rr, cc = disk((24, c), 9, shape=truth.shape)
+        truth[rr, cc] = np.where(truth[rr, cc] == 0, value, truth[rr, cc])
+    merged = instances_to_classes((truth > 0).astype(np.int32))
+    probabilities = classes_to_probabilities(merged)
+    assert probabilities_to_instances(probabilities, EXACT).max() == 1
+    split = probabilities_to_instances(probabilities, replace(EXACT, split_depth=2.0))
+    assert split.max() == 2 and _match(truth, split)[0] == 2
+    # a neck shallower than the depth keeps them one nucleus; a lone disk is never split
+    assert probabilities_to_instances(probabilities, replace(EXACT, split_depth=9.0)).max() == 1
+    lone = classes_to_probabilities(instances_to_classes((truth == 1).astype(np.int32)))
+    assert probabilities_to_instances(lone, replace(EXACT, split_depth=0.5)).max() == 1
+    # tuning finds the split, after the grid and before the filters
+    best, records = tune_params(
+        [probabilities], [truth], [EXACT], objective=lambda t, p: _match(t, p)[3], split_depths=(2.0, 9.0),
+        confidences=(),
+    )  # fmt: skip
+    assert best.split_depth == 2.0 and [r["split_depth"] for r in records] == [0.0, 2.0, 9.0]
+    with pytest.raises(ValueError, match="split_depth"):
+        PostprocessParams(split_depth=-1.0)

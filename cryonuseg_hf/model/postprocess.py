@@ -3,7 +3,9 @@
 The recipe, in the order it runs:
 
 1. markers: connected components (4-neighbour) of ``p_interior > interior_threshold``; components smaller than
-   ``min_marker_size`` pixels are dropped;
+   ``min_marker_size`` pixels are dropped; with ``split_depth``, a component holds one marker per maximum of its
+   distance transform at least that many pixels deep (h-maxima), so two touching nuclei whose interiors merged
+   into one blob with a neck get a marker each;
 2. nucleus region: ``1 - p_background > mask_threshold`` (interior or boundary);
 3. watershed of the markers into the nucleus region on the elevation ``1 - p_interior``, so boundary rings go
    to the interior they surround and touching nuclei split along the boundary class;
@@ -46,10 +48,14 @@ class PostprocessParams:
     unmarked_components: bool = True
     min_confidence: float = 0.0
     """Lowest mean nucleus probability (``1 - p_background`` over the instance's pixels) a kept nucleus has."""
+    split_depth: float = 0.0
+    """Depth in pixels of the distance-transform maxima that split a marker component (0 = no split)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence is a mean probability in [0, 1], got {self.min_confidence!r}")
+        if not self.split_depth >= 0.0:
+            raise ValueError(f"split_depth is a depth in pixels >= 0, got {self.split_depth!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,12 +147,39 @@ def probabilities_to_instances(
         small = sizes < params.min_marker_size
         small[0] = False
         markers[small[markers]] = 0
+    if n_markers and params.split_depth > 0:
+        markers = split_markers(markers, params.split_depth)
     labels = watershed(1.0 - p_interior, markers=markers, mask=region) if markers.any() else markers
     if params.unmarked_components:
         orphans, n_orphans = ndi.label(region & (labels == 0))
         if n_orphans:
             labels = np.where(orphans > 0, orphans + labels.max(), labels)
     return _relabel(fill_holes(labels), params.min_size, 1.0 - probabilities[0], params.min_confidence)
+
+
+def split_markers(components: np.ndarray, depth: float) -> np.ndarray:
+    """One marker per maximum at least ``depth`` pixels deep of each component's distance to its outside; a
+    component too thin to hold such a maximum stays one marker. Markers numbered 1..N.
+
+    >>> peanut = np.zeros((9, 17), int)
+    >>> peanut[1:8, 1:8] = peanut[1:8, 9:16] = peanut[3:6, 8] = 1  # two 7x7 squares joined by a 3 px neck
+    >>> int(split_markers(peanut, 1.0).max()), int(split_markers(peanut, 3.0).max())
+    (2, 1)
+    """
+    from scipy import ndimage as ndi
+    from skimage.morphology import local_maxima, reconstruction
+
+    inside = components > 0
+    distance = ndi.distance_transform_edt(inside)
+    # the regional maxima of the distance lowered by ``depth`` and rebuilt under itself: two peaks joined by a
+    # neck less than ``depth`` below them share one plateau (skimage's h_maxima would mark equal twins apart)
+    raised = reconstruction(distance - depth, distance, method="dilation")
+    peaks = local_maxima(raised, connectivity=2, allow_borders=True) & inside
+    markers, n = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    split = np.unique(components[peaks])
+    whole = inside & ~np.isin(components, split)  # no maximum that deep: the component is its own marker
+    rest, _ = ndi.label(whole)
+    return np.where(whole, rest + n, markers).astype(np.int32) * inside
 
 
 def fill_holes(labels: np.ndarray) -> np.ndarray:
@@ -203,7 +236,7 @@ def param_grid(
 
     Widened after tuned values sat on the edge of a smaller grid; the ten CV models of ``results/cv`` chose
     interior 0.4-0.5 and mask 0.6-0.7, so the mask threshold still touches this grid's edge in three folds, and
-    then, in the second search, minimum sizes of 5-45 pixels (a 40x nucleus covers about 100-400 pixels) with
+    then, in the filters' search, minimum sizes of 5-45 pixels (a 40x nucleus covers about 100-400 pixels) with
     ``min_confidence`` 0.75-0.85.
     """
     return [
@@ -220,13 +253,15 @@ def tune_params(
     workers: int = 1,
     confidences: Sequence[float] = CONFIDENCE_GRID,
     min_sizes: Sequence[int] = MIN_SIZES,
+    split_depths: Sequence[float] = (),
 ) -> tuple[PostprocessParams, list[dict[str, Any]]]:
     """The parameters with the best mean objective over (probabilities, reference instances) pairs.
 
-    Two searches: the best of ``candidates``; then, its interior and mask thresholds fixed, every pair of a
+    Up to three searches: the best of ``candidates``; then, if ``split_depths`` are given, its ``split_depth``
+    and each of them; then, its thresholds and split fixed, every pair of a
     ``min_size`` (its own and ``min_sizes``) and a ``min_confidence`` (its own, 0 and ``confidences``), taken
     only if it scores higher. The two filters act together (once faint blobs go, small nuclei can stay), and
-    they share one watershed per tile, so the second search costs about a quarter of the grid's scoring; one grid over
+    they share one watershed per tile, so that search costs about a quarter of the grid's scoring; one grid over
     all four parameters would score eight times as many candidates as the first search.
 
     Pass training tiles only: the chosen parameters ship with the model and are applied to unseen tiles.
@@ -239,8 +274,9 @@ def tune_params(
         objective: ``f(truth, prediction) -> float`` to maximise; default mean of AJI and PQ from
             ``cryonuseg_hf.evaluation.metrics.score_tile``.
         workers: processes scoring tiles in parallel (default objective only; results do not depend on it).
-        confidences: ``min_confidence`` values of the second search (empty: no second search).
-        min_sizes: ``min_size`` values of the second search.
+        confidences: ``min_confidence`` values of the last search (empty: no such search).
+        min_sizes: ``min_size`` values of the last search.
+        split_depths: ``split_depth`` values of the search after the grid (empty: no such search).
 
     Returns:
         ``(best params, one record per parameter set tried, with its params and mean objective)``.
@@ -250,6 +286,10 @@ def tune_params(
         raise ValueError("tune_params needs at least one (probabilities, reference) pair")
     candidates = list(candidates) if candidates is not None else param_grid()
     best, records = _search(pairs, candidates, objective, workers)
+    if split_depths:
+        splits = dict.fromkeys(replace(best, split_depth=d) for d in (best.split_depth, *split_depths))
+        winner, more = _search(pairs, list(splits), objective, workers)  # the first is ``best`` again
+        best, records = winner, records + more[1:]
     if confidences:
         sizes, levels = (best.min_size, *min_sizes), (best.min_confidence, 0.0, *confidences)
         second = dict.fromkeys(replace(best, min_size=s, min_confidence=c) for s in sizes for c in levels)

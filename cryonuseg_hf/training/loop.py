@@ -7,8 +7,9 @@ noise, input-scale jitter): there is no data loader to wait for. The same code r
 
 Every run is resumable: the training state is saved every ``save_every`` seconds and a restarted run continues
 from it. With ``ema_decay`` the model returned is the exponential moving average of the weights
-(``torch.optim.swa_utils.AveragedModel``), updated after every step and saved with the state. ``max_seconds`` times steps 10-30 and cuts the cosine schedule to fit a wall-clock budget; the steps
-actually run are recorded. A step whose gradient is inf/NaN is skipped, and a run that keeps producing them stops.
+(``torch.optim.swa_utils.AveragedModel``), updated after every step and saved with the state. ``max_seconds``
+times steps 10-30 and cuts the cosine schedule to fit a wall-clock budget; the steps actually run are recorded.
+A step whose gradient is inf/NaN is skipped, and a run that keeps producing them stops.
 """
 
 from __future__ import annotations
