@@ -341,6 +341,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "tune_tiles",
         "workers",
         "seed",
+        "soup",
         "threads",
         "log_every",
     ):

@@ -338,6 +338,32 @@ def test_all_markups_draws_targets_from_every_markup_of_the_training_tiles_only(
         )
 
 
+def test_soup_averages_the_weights_of_runs_with_successive_seeds(tiles, tmp_path):
+    import torch
+
+    from cryonuseg_hf.training import cv
+
+    config = TrainConfig(**TINY, steps=3, soup=2, seed=4)
+    state = tmp_path / "fold_2.state.pt"
+    soup, record = cv.train_model(config, tiles, fold=2, progress=False, state_path=state)
+    runs = [
+        cv.train_model(TrainConfig(**TINY, steps=3, seed=s), tiles, fold=2, progress=False) for s in (4, 5)
+    ]
+    weights = [dict(m.state_dict()) for m, _ in runs]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    for name, value in soup.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (weights[0][name] + weights[1][name]) / 2, msg=name)
+    assert len(record["soup_runs"]) == 2 and record["fold"] == 2
+    assert record["train_seconds"] == pytest.approx(
+        sum(r["train_seconds"] for r in record["soup_runs"]), abs=0.2
+    )
+    # each run kept its own resumable state, under the fold's name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold_2.run0.state.pt", "fold_2.run1.state.pt"]
+    with pytest.raises(ValueError, match="soup.*not to pretrain"):
+        cv.pretrain(TrainConfig(soup=2), [tmp_path / "nowhere"], tmp_path / "start", "cryonuseg-hf pretrain")
+
+
 def test_all_markups_tunes_against_every_markup(monkeypatch):
     from cryonuseg_hf.model import postprocess
     from cryonuseg_hf.training import cv

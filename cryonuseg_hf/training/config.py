@@ -45,6 +45,10 @@ class TrainConfig:
     contact_radius: int = 3
     """Pixels within this many of two or more nuclei are contact pixels."""
     scale_jitter: float = 0.15
+    soup: int = 1
+    """Fine-tuning runs (seeds ``seed``, ``seed + 1``, ...) whose weights are averaged into the model (a
+    "model soup", Wortsman et al. 2022); 1 = one run. Costs ``soup`` times the training time, nothing at
+    prediction."""
     ema_decay: float = 0.0
     """The model a run returns is the exponential moving average of its weights with this decay per step
     (``torch.optim.swa_utils``; 0 = the last step's weights). 0.98 averages about the last 50 steps."""
@@ -74,6 +78,7 @@ INT_MINIMUMS: dict[str, int] = {
     "tune_tiles": 0,
     "workers": 1,
     "seed": 0,
+    "soup": 1,
     "threads": 1,
     "log_every": 1,
 }

@@ -36,7 +36,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +82,51 @@ def train_model(
     contacts = (
         np.stack([contact_zones(m, config.contact_radius) for m in masks]) if config.contact_weight else None
     )
-    model, record = fit_segformer(
-        config, images, classes, allowed, 0 if fold is None else fold + 1, progress, state_path,
-        name=f"fold {fold}", contacts=contacts,
-    )  # fmt: skip
+    stream = 0 if fold is None else fold + 1
+    models, records = [], []
+    for k in range(config.soup):  # member k: seed + k, its own resumable state
+        member = replace(config, seed=config.seed + k, soup=1)
+        model, record = fit_segformer(
+            member, images, classes, allowed, stream, progress, soup_state(state_path, k, config.soup),
+            name=f"fold {fold}" + (f" run {k + 1}/{config.soup}" if config.soup > 1 else ""), contacts=contacts,
+        )  # fmt: skip
+        models.append(model)
+        records.append(record)
+    if config.soup > 1:
+        model = average_weights(models)
+        record = {
+            **records[0],
+            "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
+            "soup_runs": [
+                {k: r[k] for k in ("train_seconds", "loss_last_25", "skipped_steps")} for r in records
+            ],
+        }
     record = {"fold": fold, "train_tiles": [TILE_IDS[i] for i in indices], **record}
     return model, record
+
+
+def soup_state(state_path: str | Path | None, k: int, runs: int) -> Path | None:
+    """The resumable state file of run ``k`` of a soup (the file itself for a single run)."""
+    if state_path is None or runs == 1:
+        return None if state_path is None else Path(state_path)
+    path = Path(state_path)
+    return path.with_name(path.name.replace(".state.pt", "") + f".run{k}.state.pt")
+
+
+def average_weights(models: list) -> Any:
+    """The first model holding the mean of all the models' floating-point weights and buffers (integer buffers,
+    such as batch-norm counters, stay the first model's)."""
+    import torch
+
+    states = [m.state_dict() for m in models]
+    mean = {
+        name: torch.stack([s[name].float() for s in states]).mean(0).to(value.dtype)
+        if value.is_floating_point()
+        else value
+        for name, value in states[0].items()
+    }
+    models[0].load_state_dict(mean)
+    return models[0]
 
 
 def tune_postprocess(predictor, tiles: dict[str, Any], indices: list[int], config: TrainConfig):
@@ -151,7 +190,8 @@ def fit_fold(config: TrainConfig, tiles: dict[str, Any], fold: int, out_dir: Pat
     )
     (out_dir / "folds").mkdir(exist_ok=True)
     (out_dir / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
-    state.unlink(missing_ok=True)
+    for k in range(config.soup):
+        soup_state(state, k, config.soup).unlink(missing_ok=True)
     return record
 
 
@@ -172,7 +212,8 @@ def train_final(config: TrainConfig, tiles: dict[str, Any], checkpoint: Path, st
     """The all-data model, post-processing tuned on its training tiles, saved as an fp16 checkpoint."""
     model, record = train_model(config, tiles, None, state_path=state)
     params, objective, _ = save_tuned(model, config, tiles, training_indices(None), checkpoint)
-    state.unlink(missing_ok=True)
+    for k in range(config.soup):
+        soup_state(state, k, config.soup).unlink(missing_ok=True)
     record.update(
         postprocess=params.to_dict(), tuning_objective_train=round(objective, 4), checkpoint=str(checkpoint)
     )
@@ -243,6 +284,8 @@ def pretrain(
         raise ValueError("--contact-weight applies to fine-tuning on CryoNuSeg (train), not to pretrain")
     if config.all_markups:
         raise ValueError("--all-markups applies to fine-tuning on CryoNuSeg (train), not to pretrain")
+    if config.soup > 1:
+        raise ValueError("--soup applies to fine-tuning on CryoNuSeg (train), not to pretrain")
     out = Path(out)
     state = Path(state) if state else out.with_name(out.name + ".state.pt")
     data = load_pretraining_tiles(folders, config.boundary_width)
