@@ -32,11 +32,13 @@ def test_an_init_without_a_record_ends_the_chain(tmp_path):
     assert pretraining_stages({"init": "stage2"}, tmp_path) == [second]
 
 
-def test_the_card_names_the_contact_weighting_only_when_used():
-    from cryonuseg_hf.reports.model_card import _contact_note
+def test_the_card_names_contact_weighting_and_weight_averaging_only_when_used():
+    from cryonuseg_hf.reports.model_card import _training_note
 
-    assert _contact_note({"contact_weight": 0.0, "contact_radius": 3}) == ""
-    assert _contact_note({}) == ""  # records made before the option existed
-    assert "within 3 px of two or more nuclei weighted 6x" in _contact_note(
+    assert _training_note({"contact_weight": 0.0, "contact_radius": 3, "soup": 1, "ema_decay": 0.0}) == ""
+    assert _training_note({}) == ""  # records made before the options existed
+    assert "within 3 px of two or more nuclei weighted 6x" in _training_note(
         {"contact_weight": 5.0, "contact_radius": 3}
     )
+    assert _training_note({"soup": 2, "seed": 0}) == ", the weights of 2 such runs (seeds 0, 1, ...) averaged"
+    assert "decay 0.98 per step" in _training_note({"ema_decay": 0.98})

@@ -179,14 +179,22 @@ def _resolution_note(config: dict[str, Any], ceiling: dict[str, Any]) -> str:
     return note
 
 
-def _contact_note(config: dict) -> str:
-    """How the recipe weighs the pixels between touching nuclei, if it does (``--contact-weight``)."""
-    if not config.get("contact_weight"):  # off, or a record made before the option existed
-        return ""
-    return (
-        f", the cross-entropy of pixels within {config['contact_radius']} px of two or more nuclei "
-        f"weighted {1 + config['contact_weight']:g}x"
-    )
+def _training_note(config: dict) -> str:
+    """How the recipe weighs the pixels between touching nuclei (``--contact-weight``) and averages weights
+    (``--soup``, ``--ema-decay``), where it does."""
+    note = ""
+    if config.get("contact_weight"):  # off, or a record made before the option existed
+        note += (
+            f", the cross-entropy of pixels within {config['contact_radius']} px of two or more nuclei "
+            f"weighted {1 + config['contact_weight']:g}x"
+        )
+    if config.get("soup", 1) > 1:
+        note += f", the weights of {config['soup']} such runs (seeds {config['seed']}, {config['seed'] + 1}, ...) averaged"
+    if config.get("ema_decay"):
+        note += (
+            f", the exponential moving average of the weights (decay {config['ema_decay']:g} per step) kept"
+        )
+    return note
 
 
 def card_body(
@@ -289,7 +297,7 @@ probabilities into one label per nucleus. {origin}
 **How this checkpoint was trained: {scale_note}.** Machine: {final.get("machine", metrics["machine"])}.
 {pretrain_line}
 Shipped model: {"fine-tuned from it" if pretrain else "trained"} for {final.get("steps", "?")} steps of {final_config["batch_size"]} crops of
-{final_config["crop"]} px, input scale {final_config["input_scale"]}{_contact_note(final_config)}, {final.get("train_seconds", "?")} s, made by
+{final_config["crop"]} px, input scale {final_config["input_scale"]}{_training_note(final_config)}, {final.get("train_seconds", "?")} s, made by
 `{_short(final.get("command", "?"))}`; post-processing tuned on {final_config["tune_tiles"] or "all"} of its
 training tiles. The ten CV models took {fold_seconds / 60:.0f} min of fine-tuning together.
 
