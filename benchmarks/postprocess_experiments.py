@@ -43,6 +43,7 @@ from cryonuseg_hf.training.data import load_tiles, training_indices, tuning_tile
 
 MARKUP = "annotator1_round2"
 SPLIT_DEPTHS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+MARKER_SIZES = (1, 6, 10, 20, 40)
 
 
 def predictor_at(model: Path, scale: float | None, threads: int):
@@ -116,8 +117,8 @@ class Variant(NamedTuple):
     """min_confidence values searched after the grid, with the minimum size (empty: no second search)."""
     tune_markups: tuple[str, ...] = (MARKUP,)
     """The mark-ups tuned against (the mean objective over them)."""
-    split_depths: tuple[float, ...] = ()
-    """split_depth values searched after the grid (empty: no such search, no split)."""
+    after_grid: tuple[tuple[str, tuple], ...] = ()
+    """(PostprocessParams field, values) searched after the grid, a field at a time (tune_params' after_grid)."""
 
 
 VARIANTS = {
@@ -127,7 +128,10 @@ VARIANTS = {
         confidences=CONFIDENCE_GRID, tune_markups=MARKUPS
     ),
     "as in train --all-markups, with a search of split_depth after the grid": Variant(
-        confidences=CONFIDENCE_GRID, tune_markups=MARKUPS, split_depths=SPLIT_DEPTHS
+        confidences=CONFIDENCE_GRID, tune_markups=MARKUPS, after_grid=(("split_depth", SPLIT_DEPTHS),)
+    ),
+    "as in train --all-markups, with a search of min_marker_size after the grid": Variant(
+        confidences=CONFIDENCE_GRID, tune_markups=MARKUPS, after_grid=(("min_marker_size", MARKER_SIZES),)
     ),
     "tune TTA, predict TTA": Variant(tune="tta"),
     "tune TTA, predict TTA, smoothing 1 px": Variant(tune="tta", sigma=1.0),
@@ -153,7 +157,7 @@ def run_variant(probabilities, folds, tune_n, masks, variant: Variant):
             refs,
             candidates=grid,
             confidences=variant.confidences,
-            split_depths=variant.split_depths,
+            after_grid=dict(variant.after_grid),
         )
         chosen[fold] = best.to_dict()
         held = probabilities(fold, variant.scale, "held", variant.held)
@@ -245,7 +249,8 @@ def main(argv=None) -> int:
     (args.out / "postprocess.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
     rows = [[name, *(f"{r['means'][m]['aji']:.4f} / {r['means'][m]['pq']:.4f}" for m in MARKUPS),
              f"{r['mean']['dice']:.4f}", ", ".join(f"{p['min_confidence']:g}" for p in r["params"].values()),
-             ", ".join(f"{p.get('split_depth', 0):g}" for p in r["params"].values())]
+             ", ".join(f"{p.get('split_depth', 0):g}" for p in r["params"].values()),
+             ", ".join(f"{p['min_marker_size']}" for p in r["params"].values())]
             for name, r in results.items()]  # fmt: skip
     header = [
         "variant",
@@ -253,6 +258,7 @@ def main(argv=None) -> int:
         f"Dice vs {MARKUP}",
         "min_confidence per fold",
         "split_depth per fold",
+        "min_marker_size per fold",
     ]
     text = (
         "# Post-processing variants on the fold models of a CV run\n\n"

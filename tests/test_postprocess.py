@@ -249,7 +249,7 @@ def test_split_depth_separates_nuclei_whose_interiors_merged():
     assert probabilities_to_instances(lone, replace(EXACT, split_depth=0.5)).max() == 1
     # tuning finds the split, after the grid and before the filters
     best, records = tune_params(
-        [probabilities], [truth], [EXACT], objective=lambda t, p: _match(t, p)[3], split_depths=(2.0, 9.0),
+        [probabilities], [truth], [EXACT], objective=lambda t, p: _match(t, p)[3], after_grid={"split_depth": (2.0, 9.0)},
         confidences=(),
     )  # fmt: skip
     assert best.split_depth == 2.0 and [r["split_depth"] for r in records] == [0.0, 2.0, 9.0]

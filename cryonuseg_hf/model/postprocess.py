@@ -27,7 +27,7 @@ np.int32(0)
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -253,12 +253,12 @@ def tune_params(
     workers: int = 1,
     confidences: Sequence[float] = CONFIDENCE_GRID,
     min_sizes: Sequence[int] = MIN_SIZES,
-    split_depths: Sequence[float] = (),
+    after_grid: Mapping[str, Sequence[Any]] | None = None,
 ) -> tuple[PostprocessParams, list[dict[str, Any]]]:
     """The parameters with the best mean objective over (probabilities, reference instances) pairs.
 
-    Up to three searches: the best of ``candidates``; then, if ``split_depths`` are given, its ``split_depth``
-    and each of them; then, its thresholds and split fixed, every pair of a
+    Searches in turn: the best of ``candidates``; then, for each field of ``after_grid``, the best so far with
+    that field's own value or each of the values given (a field at a time, the others fixed); then every pair of a
     ``min_size`` (its own and ``min_sizes``) and a ``min_confidence`` (its own, 0 and ``confidences``), taken
     only if it scores higher. The two filters act together (once faint blobs go, small nuclei can stay), and
     they share one watershed per tile, so that search costs about a quarter of the grid's scoring; one grid over
@@ -276,7 +276,8 @@ def tune_params(
         workers: processes scoring tiles in parallel (default objective only; results do not depend on it).
         confidences: ``min_confidence`` values of the last search (empty: no such search).
         min_sizes: ``min_size`` values of the last search.
-        split_depths: ``split_depth`` values of the search after the grid (empty: no such search).
+        after_grid: ``PostprocessParams`` field -> values, each searched after the grid (e.g.
+            ``{"split_depth": (1.0, 2.0)}``; default none).
 
     Returns:
         ``(best params, one record per parameter set tried, with its params and mean objective)``.
@@ -286,9 +287,9 @@ def tune_params(
         raise ValueError("tune_params needs at least one (probabilities, reference) pair")
     candidates = list(candidates) if candidates is not None else param_grid()
     best, records = _search(pairs, candidates, objective, workers)
-    if split_depths:
-        splits = dict.fromkeys(replace(best, split_depth=d) for d in (best.split_depth, *split_depths))
-        winner, more = _search(pairs, list(splits), objective, workers)  # the first is ``best`` again
+    for name, values in (after_grid or {}).items():
+        tries = dict.fromkeys(replace(best, **{name: v}) for v in (getattr(best, name), *values))
+        winner, more = _search(pairs, list(tries), objective, workers)  # the first is ``best`` again
         best, records = winner, records + more[1:]
     if confidences:
         sizes, levels = (best.min_size, *min_sizes), (best.min_confidence, 0.0, *confidences)
