@@ -407,6 +407,11 @@ def test_reports_say_what_the_model_was_trained_on():
     three = cv_markdown(metrics)
     assert "ground truth all three mark-ups" in three and "one of the three trained on" in three
     assert "ground truth all three mark-ups" in card_body(metrics, {"config": metrics["config"]})
+    # a run's scale note is shown where one was given, and no empty one otherwise
+    assert "Scale of this run" not in cv_markdown({**metrics, "scale_note": ""})
+    assert "**Scale of this run: folds 0 and 1 only**" in cv_markdown(
+        {**metrics, "scale_note": "folds 0 and 1 only"}
+    )
 
 
 def test_a_record_made_before_a_field_existed_has_that_fields_default():

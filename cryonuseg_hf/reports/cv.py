@@ -77,8 +77,7 @@ def cv_markdown(results: dict[str, Any]) -> str:
         f"{results['n_tiles']} of 30 tiles have a held-out prediction (`predictions/<tile_id>.png`, 16-bit instance "
         "labels, each made by the model of the fold that held the tile out). Means are over those tiles.",
         "",
-        f"**Scale of this run: {results.get('scale_note', '')}**",
-        "",
+        *([f"**Scale of this run: {results['scale_note']}**", ""] if results.get("scale_note") else []),
         f"Config: SegFormer-{config['variant']}, input scale {config['input_scale']}, {config['steps']} steps of "
         f"{config['batch_size']} crops of {config['crop']} px, lr {config['lr']}, seed {config['seed']}, "
         f"init {config['init'] or 'none (from scratch)'}, TTA {'8 flips/rotations' if config['tta'] else 'off'}, "
