@@ -25,32 +25,48 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "experiments" / "shift_stability"
 
 
-def run_stability(
-    run: Path, folds: list[int], shifts: list[int], threads: int, tiles: dict, tta: bool = False
-) -> dict:
-    """Mean PQ of each shift over the held-out tiles of ``folds``, and the per-tile values."""
+def stability(labeller, folds: list[int], shifts: list[int], tiles: dict) -> dict:
+    """Mean PQ of each shift over the held-out tiles of ``folds``, and the per-tile values; ``labeller(fold)``
+    returns the function that labels an image for that fold."""
     from cryonuseg_hf.core.folds import TILE_IDS, tiles_of_fold
     from cryonuseg_hf.evaluation.metrics import score_tile
-    from cryonuseg_hf.model.predict import load_predictor, predict_instances
 
     per_tile: dict[str, dict[str, float]] = {}
     for fold in folds:
+        label = labeller(fold)
+        for tile in tiles_of_fold(fold):
+            image = tiles["images"][TILE_IDS.index(tile)]
+            alone = label(image)
+            per_tile[tile] = {
+                str(s): round(score_tile(alone[s:, s:], label(image[s:, s:]))["pq"], 4) for s in shifts
+            }
+    means = {str(s): round(float(np.mean([v[str(s)] for v in per_tile.values()])), 4) for s in shifts}
+    return {"mean_pq": means, "per_tile": per_tile}
+
+
+def fold_models(run: Path, threads: int, tta: bool):
+    """The labeller of a run's fold models (``run/models/fold_K``), as ``predict_instances`` runs them."""
+    from cryonuseg_hf.model.predict import load_predictor, predict_instances
+
+    def labeller(fold: int):
         model = run / "models" / f"fold_{fold}"
         if not (model / "config.json").is_file():
             raise FileNotFoundError(f"{model}: no fold checkpoint (train this fold of the run first)")
         predictor = load_predictor(model, device="cpu", backend="torch", threads=threads)
-        for tile in tiles_of_fold(fold):
-            image = tiles["images"][TILE_IDS.index(tile)]
-            alone = predict_instances(image, predictor, tta=tta)
-            per_tile[tile] = {
-                str(s): round(
-                    score_tile(alone[s:, s:], predict_instances(image[s:, s:], predictor, tta=tta))["pq"], 4
-                )
-                for s in shifts
-            }
-    means = {str(s): round(float(np.mean([v[str(s)] for v in per_tile.values()])), 4) for s in shifts}
-    name = run.relative_to(REPO) if run.is_relative_to(REPO) else run
-    return {"run": str(name), "mean_pq": means, "per_tile": per_tile}
+        return lambda image: predict_instances(image, predictor, tta=tta)
+
+    return labeller
+
+
+def instanseg(threads: int):
+    """The labeller of the peer, InstanSeg zero-shot on tiles resized to 0.75 (as ``bench_peers.py`` runs it);
+    the same for every fold, since it never saw CryoNuSeg."""
+    import torch
+    from bench_peers import FIXED_FACTOR, default_model_dir, load_model, segment
+
+    torch.set_num_threads(threads)
+    model = load_model(default_model_dir())
+    return lambda fold: lambda image: segment(model, image, FIXED_FACTOR)[0]
 
 
 def main() -> None:
@@ -62,6 +78,7 @@ def main() -> None:
     parser.add_argument("--shifts", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tta", action="store_true", help="predict with 8-view TTA (as the CV does)")
+    parser.add_argument("--peer", action="store_true", help="also InstanSeg zero-shot (resized 0.75)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="path without suffix (.json, .md)")
     args = parser.parse_args()
 
@@ -70,12 +87,20 @@ def main() -> None:
 
     tiles = load_tiles(None)
     load_at_start = [round(v, 2) for v in os.getloadavg()]
-    runs = [
-        run_stability(r.resolve(), args.folds, args.shifts, args.threads, tiles, args.tta) for r in args.runs
-    ]
-    command = "python benchmarks/shift_stability.py --runs " + " ".join(r["run"] for r in runs)
+    runs = []
+    for run in args.runs:
+        name = run.resolve().relative_to(REPO) if run.resolve().is_relative_to(REPO) else run
+        labeller = fold_models(run.resolve(), args.threads, args.tta)
+        runs.append({"run": str(name), **stability(labeller, args.folds, args.shifts, tiles)})
+    if args.peer:
+        peer = stability(instanseg(args.threads), args.folds, args.shifts, tiles)
+        runs.append({"run": "InstanSeg zero-shot, resized 0.75 (peer)", **peer})
+    command = "python benchmarks/shift_stability.py --runs " + " ".join(
+        r["run"] for r in runs[: len(args.runs)]
+    )
     command += " --folds " + " ".join(map(str, args.folds)) + " --shifts " + " ".join(map(str, args.shifts))
-    command += (" --tta" if args.tta else "") + (f" --out {args.out}" if args.out != DEFAULT_OUT else "")
+    command += (" --tta" if args.tta else "") + (" --peer" if args.peer else "")
+    command += f" --out {args.out}" if args.out != DEFAULT_OUT else ""
     record = {
         "command": command,
         "machine": machine_description(),
