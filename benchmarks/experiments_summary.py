@@ -56,7 +56,12 @@ def row(name: str, metrics: dict) -> list[str]:
         + (", trained on all three mark-ups" if config.get("all_markups") else ""),
         f"{config['steps']} x {config['batch_size']}x{config['crop']}², lr {config['lr']}"
         + (f", weights averaged (EMA {config['ema_decay']:g})" if config.get("ema_decay") else "")
-        + (f", weights of {config['soup']} seeds averaged" if config.get("soup", 1) > 1 else ""),
+        + (f", weights of {config['soup']} seeds averaged" if config.get("soup", 1) > 1 else "")
+        + (
+            f", {config['mix_share']:.0%} of crops from {', '.join(Path(d).name for d in config['mix_data'])}"
+            if config.get("mix_data")
+            else ""
+        ),
     ]
     seconds = [float(r.get("train_seconds", 0)) for r in metrics["folds"].values() if r]
     cells.append(f"{sum(seconds) / max(len(seconds), 1):.0f}")

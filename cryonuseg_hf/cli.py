@@ -326,6 +326,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "contact_weight",
         "scale_jitter",
         "ema_decay",
+        "mix_share",
         "max_seconds",
         "save_every",
     ):
@@ -348,6 +349,13 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         kind = _int_at_least(INT_MINIMUMS[name]) if name in INT_MINIMUMS else int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (always on with CUDA)")
+    parser.add_argument(
+        "--mix-data",
+        action="append",
+        default=[],
+        help="a folder of other nuclei data (as pretrain --data) to mix into fine-tuning (repeatable; "
+        "--mix-share of the crops)",
+    )
     parser.add_argument(
         "--all-markups",
         action="store_true",
@@ -384,9 +392,12 @@ def _recipe_options(args: argparse.Namespace) -> list[str]:
     parts, defaults = [], TrainConfig()
     for name in TrainConfig.__dataclass_fields__:
         value = getattr(args, name, getattr(defaults, name))
+        value = tuple(value) if isinstance(value, list) else value  # a repeatable option
         if value != getattr(defaults, name):
             if isinstance(value, bool):
                 parts += ["--no-tta"] if name == "tta" else [f"--{name.replace('_', '-')}"]
+            elif isinstance(value, tuple):
+                parts += [p for item in value for p in (f"--{name.replace('_', '-')}", str(item))]
             else:
                 parts += [f"--{name.replace('_', '-')}", str(value)]
     return parts
@@ -397,6 +408,7 @@ def _train_config(args: argparse.Namespace):
     from cryonuseg_hf.training.config import TrainConfig, validate_config
 
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
+    fields = {f: tuple(v) if isinstance(v, list) else v for f, v in fields.items()}  # repeatable options
     return validate_config(TrainConfig(**fields))
 
 

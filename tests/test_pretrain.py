@@ -182,3 +182,40 @@ def test_interrupted_training_resumes_to_the_same_model(small_external, tmp_path
             progress=False,
             state_path=state,
         )
+
+
+def test_mix_data_adds_other_nuclei_data_to_fine_tuning_at_its_share(small_external, monkeypatch):
+    from test_train import TINY, _synthetic_tiles
+
+    from cryonuseg_hf.data.targets import contact_zones
+    from cryonuseg_hf.training import cv
+    from cryonuseg_hf.training.config import TrainConfig
+    from cryonuseg_hf.training.data import training_indices
+
+    seen = {}
+
+    def fake_fit(config, images, classes, indices, stream, progress, state_path, name, contacts, weights):
+        seen.update(images=images, classes=classes, indices=indices, contacts=contacts, weights=weights)
+        return None, {}
+
+    monkeypatch.setattr(cv, "fit_segformer", fake_fit)
+    tiles = _synthetic_tiles()
+    folders = tuple(str(f) for f in small_external)
+    config = TrainConfig(**TINY, steps=2, mix_data=folders, mix_share=0.2, contact_weight=5.0)
+    cv.train_model(config, tiles, fold=3, progress=False)
+    other = load_pretraining_tiles(folders, config.boundary_width)
+    n, train = len(other["names"]), training_indices(3)
+    assert seen["indices"] == train + list(range(30, 30 + n))  # no held-out tile, every window of the others
+    assert np.array_equal(seen["images"][30:], other["images"])
+    assert np.array_equal(seen["classes"][30:], other["classes"])  # their ignore masks kept
+    assert np.array_equal(
+        seen["contacts"][30 + n - 1], contact_zones(other["instances"][-1], config.contact_radius)
+    )
+    assert seen["weights"][: len(train)].sum() == pytest.approx(0.8)
+    assert seen["weights"][len(train) :] == pytest.approx([0.2 / n] * n)
+    cv.train_model(TrainConfig(**TINY, steps=2), tiles, fold=3, progress=False)  # without: as before
+    assert seen["weights"] is None and seen["indices"] == train
+    with pytest.raises(ValueError, match="--mix-share 1.0: expected a share in"):
+        from cryonuseg_hf.training.config import validate_config
+
+        validate_config(TrainConfig(mix_data=folders, mix_share=1.0))

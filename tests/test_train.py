@@ -310,7 +310,7 @@ def test_all_markups_draws_targets_from_every_markup_of_the_training_tiles_only(
     }
     seen = {}
 
-    def fake_fit(config, images, classes, indices, stream, progress, state_path, name, contacts):
+    def fake_fit(config, images, classes, indices, stream, progress, state_path, name, contacts, weights):
         seen.update(images=images, classes=classes, indices=indices, contacts=contacts)
         return None, {}
 

@@ -123,11 +123,12 @@ def load_pretraining_tiles(folders: Iterable[str | Path], boundary_width: int = 
 
     Returns:
         ``{"names": [...], "images": (N, 512, 512, 3) uint8, "classes": (N, 512, 512) uint8,
-        "sources": [{"folder", "images", "windows", "nuclei"}]}``; ignored pixels have class ``IGNORE_INDEX``.
+        "instances": (N, 512, 512) int32, "sources": [{"folder", "images", "windows", "nuclei"}]}``; ignored
+        pixels have class ``IGNORE_INDEX``.
         The class maps are made on the whole image before cutting, so a nucleus cut by a window keeps its
         boundary ring where the whole image has one.
     """
-    names, images, classes, sources = [], [], [], []
+    names, images, classes, instances, sources = [], [], [], [], []
     for folder in folders:
         records = read_folder(folder)
         windows = 0
@@ -141,6 +142,7 @@ def load_pretraining_tiles(folders: Iterable[str | Path], boundary_width: int = 
                     names.append(f"{record['name']}@{r},{c}")
                     images.append(record["image"][r : r + WINDOW, c : c + WINDOW])
                     classes.append(full[r : r + WINDOW, c : c + WINDOW])
+                    instances.append(record["labels"][r : r + WINDOW, c : c + WINDOW].astype(np.int32))
                     windows += 1
         sources.append(
             {
@@ -152,4 +154,10 @@ def load_pretraining_tiles(folders: Iterable[str | Path], boundary_width: int = 
         )
     if not names:
         raise ValueError("no pretraining folders given")
-    return {"names": names, "images": np.stack(images), "classes": np.stack(classes), "sources": sources}
+    return {
+        "names": names,
+        "images": np.stack(images),
+        "classes": np.stack(classes),
+        "instances": np.stack(instances),
+        "sources": sources,
+    }

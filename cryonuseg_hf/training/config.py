@@ -6,6 +6,7 @@ A :class:`TrainConfig` is saved beside every result and checkpoint (``cryonuseg_
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,6 +30,10 @@ class TrainConfig:
     all_markups: bool = False
     """Each training crop's target drawn from one of the three mark-ups at random, not from ``markup`` only;
     the post-processing is tuned on the mean objective over the three."""
+    mix_data: tuple[str, ...] = ()
+    """Folders of other nuclei data (as ``pretrain --data`` reads them) mixed into fine-tuning on CryoNuSeg."""
+    mix_share: float = 0.25
+    """The share of training crops drawn from ``mix_data`` (when given)."""
     boundary_width: int = 1
     steps: int = 1500
     max_seconds: float | None = None
@@ -120,6 +125,8 @@ def validate_config(config: TrainConfig) -> TrainConfig:
             raise bad(name, "a number >= 0")
     if not 0 <= config.scale_jitter < 1:
         raise bad("scale_jitter", "a number in [0, 1)")
+    if not 0 < config.mix_share < 1:
+        raise bad("mix_share", "a share in (0, 1)")
     if not 0 <= config.ema_decay < 1:
         raise bad("ema_decay", "a number in [0, 1) (0 = no average)")
     if config.max_seconds is not None and not config.max_seconds > 0:
@@ -147,5 +154,5 @@ def recipe(config: dict[str, Any]) -> dict[str, Any]:
     with. An empty dict (a record without a config) stays empty, equal to no recipe."""
     if not config:
         return {}
-    full = {**asdict(TrainConfig()), **config}
+    full = json.loads(json.dumps({**asdict(TrainConfig()), **config}))  # tuples and lists compare alike
     return {k: v for k, v in full.items() if k not in RUN_OPTIONS}

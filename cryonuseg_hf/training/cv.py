@@ -82,6 +82,22 @@ def train_model(
     contacts = (
         np.stack([contact_zones(m, config.contact_radius) for m in masks]) if config.contact_weight else None
     )
+    weights = None
+    if config.mix_data:  # other nuclei data after the CryoNuSeg copies, drawn config.mix_share of the time
+        from cryonuseg_hf.data.external import load_pretraining_tiles
+
+        other = load_pretraining_tiles(config.mix_data, config.boundary_width)
+        extra = list(range(len(images), len(images) + len(other["names"])))
+        images = np.concatenate([images, other["images"]])
+        classes = np.concatenate([classes, other["classes"]])
+        if contacts is not None:
+            near = [contact_zones(m, config.contact_radius) for m in other["instances"]]
+            contacts = np.concatenate([contacts, np.stack(near)])
+        weights = np.array(
+            [(1 - config.mix_share) / len(allowed)] * len(allowed)
+            + [config.mix_share / len(extra)] * len(extra)
+        )
+        allowed = allowed + extra
     stream = 0 if fold is None else fold + 1
     models, records = [], []
     for k in range(config.soup):  # member k: seed + k, its own resumable state
@@ -89,6 +105,7 @@ def train_model(
         model, record = fit_segformer(
             member, images, classes, allowed, stream, progress, soup_state(state_path, k, config.soup),
             name=f"fold {fold}" + (f" run {k + 1}/{config.soup}" if config.soup > 1 else ""), contacts=contacts,
+            weights=weights,
         )  # fmt: skip
         models.append(model)
         records.append(record)
@@ -286,6 +303,8 @@ def pretrain(
         raise ValueError("--all-markups applies to fine-tuning on CryoNuSeg (train), not to pretrain")
     if config.soup > 1:
         raise ValueError("--soup applies to fine-tuning on CryoNuSeg (train), not to pretrain")
+    if config.mix_data:
+        raise ValueError("--mix-data applies to fine-tuning on CryoNuSeg (train); pretrain reads --data")
     out = Path(out)
     state = Path(state) if state else out.with_name(out.name + ".state.pt")
     data = load_pretraining_tiles(folders, config.boundary_width)

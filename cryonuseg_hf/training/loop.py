@@ -60,17 +60,20 @@ def augment(images, generator):
     return x.clamp(0, 1)
 
 
-def sample_batch(images, targets, indices: list[int], config: TrainConfig, rng: np.random.Generator):
+def sample_batch(
+    images, targets, indices: list[int], config: TrainConfig, rng: np.random.Generator, weights=None
+):
     """Random crops with random flips/rotations from the allowed tile indices only (tensors on the device).
 
     ``targets`` is (N, K, H, W): the class maps, then any per-pixel maps cropped with them (contact zones).
+    ``weights``: the probability of each of ``indices`` (None: all alike).
     Returns ``(images (B, 3, crop, crop), targets (B, K, crop, crop) int64)``.
     """
     import torch
 
     crop, side = config.crop, images.shape[-1]
     xs, ys = [], []
-    for i in rng.choice(indices, size=config.batch_size):
+    for i in rng.choice(indices, size=config.batch_size, p=weights):
         r, c = rng.integers(0, side - crop + 1, size=2)
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
         x, y = images[i, :, r : r + crop, c : c + crop], targets[i, :, r : r + crop, c : c + crop]
@@ -119,6 +122,7 @@ def fit_segformer(
     state_path: str | Path | None = None,
     name: str = "model",
     contacts: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ):
     """The training loop: random crops of ``images[indices]`` / ``classes[indices]``, augmented on the device.
 
@@ -133,6 +137,7 @@ def fit_segformer(
         name: how the log names this model.
         contacts: (N, H, W) bool, the pixels near two or more nuclei, weighted by ``config.contact_weight``;
             required when that weight is not 0.
+        weights: the probability of drawing each of ``indices`` (None: all alike).
 
     Returns:
         ``(model in eval mode, record)``; the record holds steps, timing and the loss curve.
@@ -208,7 +213,7 @@ def fit_segformer(
         lr_scale = min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_scale
-        x, y = sample_batch(images_t, targets_t, indices, config, rng)
+        x, y = sample_batch(images_t, targets_t, indices, config, rng, weights)
         x = augment(x.float() / 255.0, generator)
         jitter = rng.uniform(1 - config.scale_jitter, 1 + config.scale_jitter)
         side = 32 * int(round(config.crop * config.input_scale * jitter / 32))
