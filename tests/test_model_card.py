@@ -42,3 +42,17 @@ def test_the_card_names_contact_weighting_and_weight_averaging_only_when_used():
     )
     assert _training_note({"soup": 2, "seed": 0}) == ", the weights of 2 such runs (seeds 0, 1, ...) averaged"
     assert "decay 0.98 per step" in _training_note({"ema_decay": 0.98})
+
+
+def test_the_card_says_which_other_data_fine_tuning_mixed_in():
+    from cryonuseg_hf.reports.model_card import _training_data
+
+    plain = _training_data({}, {"mix_data": []})
+    assert "all 30 CryoNuSeg tiles |" in plain and "%" not in plain
+    mixed = _training_data(
+        {}, {"mix_data": ["../x/monuseg_train", "../x/nuinsseg_human_spleen"], "mix_share": 0.25}
+    )
+    assert (
+        "all 30 CryoNuSeg tiles + monuseg_train (25% of the crops) + nuinsseg_human_spleen (25% of the crops)"
+        in mixed
+    )

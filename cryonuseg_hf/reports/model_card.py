@@ -137,7 +137,11 @@ def _peer_rows(peers: dict[str, Any], markups: list[str]) -> list[list[str]]:
     return rows
 
 
-def _training_data(pretrain: dict[str, Any]) -> str:
+def _training_data(pretrain: dict[str, Any], config: dict[str, Any]) -> str:
+    """Which data each checkpoint saw: the start point's, then CryoNuSeg's (and ``--mix-data``'s, if mixed in)."""
+    mixed = "".join(
+        f" + {Path(d).name} ({config['mix_share']:.0%} of the crops)" for d in config.get("mix_data") or []
+    )
     rows = []
     if pretrain:
         sources = ", ".join(
@@ -148,11 +152,11 @@ def _training_data(pretrain: dict[str, Any]) -> str:
     rows.append(
         [
             "fold k model (CV)",
-            "the start point + the 27 CryoNuSeg tiles of the other nine organs",
+            f"the start point + the 27 CryoNuSeg tiles of the other nine organs{mixed}",
             "CC BY-NC-SA 4.0",
         ]
     )
-    rows.append(["shipped model", "the start point + all 30 CryoNuSeg tiles", "CC BY-NC-SA 4.0"])
+    rows.append(["shipped model", f"the start point + all 30 CryoNuSeg tiles{mixed}", "CC BY-NC-SA 4.0"])
     return _md_table(["checkpoint", "data it saw", "license of that data"], rows)  # fmt: skip
 
 
@@ -303,7 +307,7 @@ training tiles. The ten CV models took {fold_seconds / 60:.0f} min of fine-tunin
 
 ## What each checkpoint saw
 
-{_training_data(pretrain)}
+{_training_data(pretrain, final_config)}
 
 Pretraining data: MoNuSeg 2018 training set (Kumar et al., IEEE TMI 2017 and 2020; TCGA, 7 organs, FFPE;
 CC BY-NC-SA 4.0) and the human spleen tiles of NuInsSeg (Mahbod et al., Scientific Data 11:295, 2024; FFPE;
