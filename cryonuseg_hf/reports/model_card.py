@@ -139,9 +139,8 @@ def _peer_rows(peers: dict[str, Any], markups: list[str]) -> list[list[str]]:
 
 def _training_data(pretrain: dict[str, Any], config: dict[str, Any]) -> str:
     """Which data each checkpoint saw: the start point's, then CryoNuSeg's (and ``--mix-data``'s, if mixed in)."""
-    mixed = "".join(
-        f" + {Path(d).name} ({config['mix_share']:.0%} of the crops)" for d in config.get("mix_data") or []
-    )
+    folders = [Path(d).name for d in config.get("mix_data") or []]
+    mixed = f" + {', '.join(folders)} ({config['mix_share']:.0%} of the crops)" if folders else ""
     rows = []
     if pretrain:
         sources = ", ".join(
