@@ -100,10 +100,10 @@ def train_model(
         allowed = allowed + extra
     stream = 0 if fold is None else fold + 1
     models, records = [], []
-    for k in range(config.soup):  # member k: seed + k, its own resumable state
+    for k, state in enumerate(run_states(state_path, config.soup)):  # run k: seed + k, its own state
         member = replace(config, seed=config.seed + k, soup=1)
         model, record = fit_segformer(
-            member, images, classes, allowed, stream, progress, soup_state(state_path, k, config.soup),
+            member, images, classes, allowed, stream, progress, state,
             name=f"fold {fold}" + (f" run {k + 1}/{config.soup}" if config.soup > 1 else ""), contacts=contacts,
             weights=weights,
         )  # fmt: skip
@@ -122,12 +122,16 @@ def train_model(
     return model, record
 
 
-def soup_state(state_path: str | Path | None, k: int, runs: int) -> Path | None:
-    """The resumable state file of run ``k`` of a soup (the file itself for a single run)."""
-    if state_path is None or runs == 1:
-        return None if state_path is None else Path(state_path)
+def run_states(state_path: str | Path | None, runs: int) -> list[Path | None]:
+    """The resumable state file of each fine-tuning run of a model: ``state_path`` itself for a single run,
+    ``<name>.run<k>.state.pt`` beside it for the runs of a soup (None throughout without a state path)."""
+    if state_path is None:
+        return [None] * runs
     path = Path(state_path)
-    return path.with_name(path.name.replace(".state.pt", "") + f".run{k}.state.pt")
+    if runs == 1:
+        return [path]
+    stem = path.name.removesuffix(".state.pt")
+    return [path.with_name(f"{stem}.run{k}.state.pt") for k in range(runs)]
 
 
 def average_weights(models: list) -> Any:
@@ -207,8 +211,8 @@ def fit_fold(config: TrainConfig, tiles: dict[str, Any], fold: int, out_dir: Pat
     )
     (out_dir / "folds").mkdir(exist_ok=True)
     (out_dir / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
-    for k in range(config.soup):
-        soup_state(state, k, config.soup).unlink(missing_ok=True)
+    for path in run_states(state, config.soup):
+        path.unlink(missing_ok=True)
     return record
 
 
@@ -229,8 +233,8 @@ def train_final(config: TrainConfig, tiles: dict[str, Any], checkpoint: Path, st
     """The all-data model, post-processing tuned on its training tiles, saved as an fp16 checkpoint."""
     model, record = train_model(config, tiles, None, state_path=state)
     params, objective, _ = save_tuned(model, config, tiles, training_indices(None), checkpoint)
-    for k in range(config.soup):
-        soup_state(state, k, config.soup).unlink(missing_ok=True)
+    for path in run_states(state, config.soup):
+        path.unlink(missing_ok=True)
     record.update(
         postprocess=params.to_dict(), tuning_objective_train=round(objective, 4), checkpoint=str(checkpoint)
     )
