@@ -227,9 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     cv_metrics = args.cv / "metrics.json"
     seconds = {}
 
-    labels, seconds["labels (PNG)"] = timed_score(
-        args.cv / "predictions", cv_metrics=cv_metrics, name="SegFormer CV"
-    )
+    # these predictions are the CV's own: its metrics.json beside them would repeat every column
+    labels, seconds["labels (PNG)"] = timed_score(args.cv / "predictions", cv_metrics=None, name="SegFormer CV")
     checks["cv"] = check_against_cv(labels, args.cv)
     stem = "score_segformer_cv"
     write_report(labels, args.out, stem, command=command, overwrite=True)

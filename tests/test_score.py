@@ -393,6 +393,11 @@ def test_missing_tiles_are_reported_and_everything_is_compared_on_the_same_tiles
     )
     text = report_markdown(report)
     assert "scored on 3 of 30 tiles" in text and "Human_Kidney_01.png" in text and "| 6 | Skin | 2 |" in text
+    assert "SegFormer CV" in text and "leave-one-organ-out CV" in text
+    # without the CV beside (as for the CV's own predictions) no column or sentence names it
+    alone = report_markdown({**report, "segformer_cv": None})
+    assert "SegFormer CV" not in alone and "leave-one-organ-out" not in alone
+    assert "Beside them, on the same tiles: the human agreement" in alone
 
 
 def test_cli_writes_the_reports_and_fails_clearly(tmp_path, release_path, cv_predictions, capsys):

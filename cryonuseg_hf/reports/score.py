@@ -55,10 +55,14 @@ def report_markdown(report: dict[str, Any], command: str | None = None) -> str:
         f"- extra files (name no tile, not scored): {', '.join(Path(p).name for p in report['extra']) or 'none'}",
         f"- skipped (not a prediction format): {', '.join(Path(p).name for p in report['skipped']) or 'none'}",
         "",
-        "Beside them, on the same tiles: the project's SegFormer-b0 in leave-one-organ-out CV (each tile predicted "
-        "by the model of the fold that never saw its organ; "
-        + (f"`{report['segformer_cv']['path']}`)" if report.get("segformer_cv") else "not available here)")
-        + ", and the human agreement: each other mark-up scored as a prediction against the same reference.",
+        "Beside them, on the same tiles: "
+        + (
+            "the project's SegFormer-b0 in leave-one-organ-out CV (each tile predicted by the model of the fold "
+            f"that never saw its organ; `{report['segformer_cv']['path']}`), and "
+            if report.get("segformer_cv")
+            else ""
+        )
+        + "the human agreement: each other mark-up scored as a prediction against the same reference.",
         "",
         f"## Means over the {len(tiles)} tiles",
         "",
