@@ -136,9 +136,10 @@ def main() -> None:
         "tuned the same way. Tuning on all 27 training tiles of a fold instead of 9, on the same fold models: "
         '`postprocess_tune_all/postprocess.md`. Rows that say "trained on all three mark-ups" (`--all-markups`) '
         "also tuned their post-processing on the mean over the three; the same fold models tuned on one mark-up or "
-        "on three: `postprocess_all_markups/postprocess.md`. On the fold models of the current CV, two more "
-        "searches after the grid, not adopted: splitting markers at distance-transform maxima "
-        "(`postprocess_split/postprocess.md`) and the minimum marker size (`postprocess_marker_size/postprocess.md`). "
+        "on three: `postprocess_all_markups/postprocess.md`. On the fold models of the current CV, not adopted: two "
+        "more searches after the grid, splitting markers at distance-transform maxima "
+        "(`postprocess_split/postprocess.md`) and the minimum marker size (`postprocess_marker_size/postprocess.md`), "
+        "and tuning for PQ alone instead of the mean of AJI and PQ (`postprocess_pq/postprocess.md`). "
         "How far fold models agree with themselves under shifts of 1-3 px, without and with TTA: "
         "`shift_stability.md`, `shift_stability_tta.md`.",
         "",

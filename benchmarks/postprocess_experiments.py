@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -119,6 +120,8 @@ class Variant(NamedTuple):
     """The mark-ups tuned against (the mean objective over them)."""
     after_grid: tuple[tuple[str, tuple], ...] = ()
     """(PostprocessParams field, values) searched after the grid, a field at a time (tune_params' after_grid)."""
+    objective: str | None = None
+    """The metric of ``score_tile`` the tuning maximises (None: tune_params' default, the mean of AJI and PQ)."""
 
 
 VARIANTS = {
@@ -133,12 +136,24 @@ VARIANTS = {
     "as in train --all-markups, with a search of min_marker_size after the grid": Variant(
         confidences=CONFIDENCE_GRID, tune_markups=MARKUPS, after_grid=(("min_marker_size", MARKER_SIZES),)
     ),
+    "as in train --all-markups, tuned for PQ alone": Variant(
+        confidences=CONFIDENCE_GRID, tune_markups=MARKUPS, objective="pq"
+    ),
     "tune TTA, predict TTA": Variant(tune="tta"),
     "tune TTA, predict TTA, smoothing 1 px": Variant(tune="tta", sigma=1.0),
     "grid only, predicted at input scale 1.75": Variant(scale=1.75),
     "grid only, predicted at input scale 2.0": Variant(scale=2.0),
     "grid only, mask thresholds up to 0.9": Variant(mask_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
 }
+
+
+def metric_objective(metric: str):
+    """``f(truth, prediction)``: one metric of ``score_tile`` (a module-level function, so it pickles)."""
+    return partial(_metric, metric)
+
+
+def _metric(metric: str, truth: np.ndarray, prediction: np.ndarray) -> float:
+    return float(score_tile(truth, prediction)[metric])
 
 
 def run_variant(probabilities, folds, tune_n, masks, variant: Variant):
@@ -151,13 +166,14 @@ def run_variant(probabilities, folds, tune_n, masks, variant: Variant):
         tune = probabilities(fold, variant.scale, "tune", variant.tune)
         tune_probs = [smooth(p.astype(np.float32), variant.sigma) for p in tune]
         refs = [[masks[m][i] for m in variant.tune_markups] for i in indices["tune"]]
-        # objective: mean of AJI and PQ (over the tune mark-ups)
+        # objective: mean of AJI and PQ unless the variant names one metric (mean over the tune mark-ups)
         best, _ = tune_params(
             tune_probs,
             refs,
             candidates=grid,
             confidences=variant.confidences,
             after_grid=dict(variant.after_grid),
+            objective=metric_objective(variant.objective) if variant.objective else None,
         )
         chosen[fold] = best.to_dict()
         held = probabilities(fold, variant.scale, "held", variant.held)
