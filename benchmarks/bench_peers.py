@@ -369,6 +369,8 @@ def timing_table(report: dict[str, Any]) -> list[str]:
 
 
 def markdown(report: dict[str, Any], human: dict[str, Any] | None) -> str:
+    from cryonuseg_hf.core.machine import load_words
+
     peer, check, timing = report["model"], report["test_pair"], report["timing"]
     lines = [
         "# Peer model: InstanSeg brightfield_nuclei, zero-shot on CryoNuSeg",
@@ -408,8 +410,8 @@ def markdown(report: dict[str, Any], human: dict[str, Any] | None) -> str:
         "",
         "## Time per tile",
         "",
-        f"CPU, {report['threads']} threads, on a machine shared with a training run (load average "
-        f"{timing['load_before'][0]:.2f} before, {timing['load_after'][0]:.2f} after); the settings took turns "
+        f"CPU, {report['threads']} threads, on "
+        f"{load_words(timing['load_before'][0], timing['load_after'][0])}; the settings took turns "
         "tile by tile. End to end = uint8 tile in, 512x512 labels out (resize, normalise, model, resize back).",
         "",
         *timing_table(report),

@@ -135,12 +135,14 @@ def timed_score(folder: Path, **options) -> tuple[dict[str, Any], dict[str, floa
 
 
 def markdown(checks: dict[str, Any]) -> str:
+    from cryonuseg_hf.core.machine import load_words
+
     cv, trip = checks["cv"], checks["round_trip"]
     lines = [
         "# `cryonuseg-hf score` on our CV predictions and on InstanSeg's",
         "",
-        f"Produced by `{checks['command']}` on {checks['machine']}, shared with a training run and other jobs "
-        f"(load average {checks['load'][0]:.2f} at the start, {checks['load_after'][0]:.2f} at the end). Reports: "
+        f"Produced by `{checks['command']}` on {checks['machine']}, "
+        f"{load_words(checks['load'][0], checks['load_after'][0])}. Reports: "
         + ", ".join(f"`{p}`" for p in checks["reports"])
         + ".",
         "",
@@ -228,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {}
 
     # these predictions are the CV's own: its metrics.json beside them would repeat every column
-    labels, seconds["labels (PNG)"] = timed_score(args.cv / "predictions", cv_metrics=None, name="SegFormer CV")
+    labels, seconds["labels (PNG)"] = timed_score(
+        args.cv / "predictions", cv_metrics=None, name="SegFormer CV"
+    )
     checks["cv"] = check_against_cv(labels, args.cv)
     stem = "score_segformer_cv"
     write_report(labels, args.out, stem, command=command, overwrite=True)

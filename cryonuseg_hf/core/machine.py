@@ -25,3 +25,17 @@ def machine_description(device: str = "cpu") -> str:
 
         return f"{cpu}, GPU {torch.cuda.get_device_name(0)}"
     return f"{cpu}, no GPU"
+
+
+def load_words(before: float, after: float) -> str:
+    """How busy the machine was during a timed run, from the 1-minute load averages before and after it.
+
+    A load below 0.5 before the run means nothing else was running; the run's own threads raise it after.
+
+    >>> load_words(0.13, 0.33)
+    'a quiet machine (load average 0.13 before, 0.33 after)'
+    >>> load_words(2.09, 2.0)
+    'a machine shared with other jobs (load average 2.09 before, 2.00 after)'
+    """
+    state = "a quiet machine" if before < 0.5 else "a machine shared with other jobs"
+    return f"{state} (load average {before:.2f} before, {after:.2f} after)"
