@@ -30,7 +30,7 @@ def machine_description(device: str = "cpu") -> str:
 def load_words(before: float, after: float) -> str:
     """How busy the machine was during a timed run, from the 1-minute load averages before and after it.
 
-    A load below 0.5 before the run means nothing else was running; the run's own threads raise it after.
+    A load below 0.5 before the run is taken as nothing else running then; the run's own threads raise it after.
 
     >>> load_words(0.13, 0.33)
     'a quiet machine (load average 0.13 before, 0.33 after)'
