@@ -147,12 +147,8 @@ VARIANTS = {
 }
 
 
-def metric_objective(metric: str):
-    """``f(truth, prediction)``: one metric of ``score_tile`` (a module-level function, so it pickles)."""
-    return partial(_metric, metric)
-
-
 def _metric(metric: str, truth: np.ndarray, prediction: np.ndarray) -> float:
+    """One metric of ``score_tile``: a tuning objective once ``metric`` is bound."""
     return float(score_tile(truth, prediction)[metric])
 
 
@@ -173,7 +169,7 @@ def run_variant(probabilities, folds, tune_n, masks, variant: Variant):
             candidates=grid,
             confidences=variant.confidences,
             after_grid=dict(variant.after_grid),
-            objective=metric_objective(variant.objective) if variant.objective else None,
+            objective=partial(_metric, variant.objective) if variant.objective else None,
         )
         chosen[fold] = best.to_dict()
         held = probabilities(fold, variant.scale, "held", variant.held)
