@@ -32,7 +32,7 @@ import numpy as np
 from cryonuseg_hf.core.folds import TILE_IDS
 from cryonuseg_hf.core.markdown import table
 from cryonuseg_hf.data.release import MARKUPS
-from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import _pairs
+from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import overlap_table
 from cryonuseg_hf.evaluation.score import read_prediction_labels
 from cryonuseg_hf.training.data import load_tiles
 
@@ -48,7 +48,7 @@ SOURCES = {
 def error_types(truth: np.ndarray, prediction: np.ndarray) -> dict[str, int]:
     """Counts of each reference type (``TYPES``) plus ``predictions``, ``unmatched predictions`` and
     ``unmatched predictions on background`` for one tile."""
-    t_index, p_index, inter, _, t_area, _, p_area = _pairs(truth, prediction)
+    t_index, p_index, inter, _, t_area, _, p_area = overlap_table(truth, prediction)
     iou = inter / (t_area[t_index] + p_area[p_index] - inter)
     counts = dict.fromkeys(TYPES, 0)
     matched_t = set(t_index[iou > 0.5].tolist())

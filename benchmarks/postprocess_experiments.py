@@ -183,13 +183,13 @@ def size_bias(cv: Path, masks) -> dict[str, float]:
     """Of the CV's held-out predictions (``cv/predictions``), the nuclei matched at IoU > 0.5 (the metric's own
     contingency table; such matches are one to one): the median and mean area ratio prediction / reference, the
     share of predictions larger, and the mean IoU (the SQ of all tiles pooled)."""
-    from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import _pairs
+    from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import overlap_table
     from cryonuseg_hf.training.cv import read_predictions
 
     predictions = read_predictions(cv)
     ratios, ious = [], []
     for i, tile in enumerate(TILE_IDS):
-        t_index, p_index, inter, _, t_area, _, p_area = _pairs(masks[i], predictions[tile])
+        t_index, p_index, inter, _, t_area, _, p_area = overlap_table(masks[i], predictions[tile])
         iou = inter / (t_area[t_index] + p_area[p_index] - inter)
         matched = iou > 0.5
         ratios.append(p_area[p_index[matched]] / t_area[t_index[matched]])

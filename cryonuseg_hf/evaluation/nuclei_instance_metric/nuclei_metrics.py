@@ -160,12 +160,18 @@ def _compact(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return codes, ids, areas
 
 
-def _pairs(truth: np.ndarray, prediction: np.ndarray):
+def overlap_table(truth: np.ndarray, prediction: np.ndarray):
     """The sparse contingency table: overlapping (true index, predicted index, intersection), then the ids and the
     areas of the true and of the predicted nuclei.
 
     Indices run from 0 in increasing order of the original ids. When the ids are small (the usual case), one
     ``bincount`` over combined keys of the raw ids gives the whole table; otherwise ids are first relabelled 1..n.
+    Every metric here is computed from it; ``benchmarks/error_analysis.py`` classifies unmatched nuclei with it.
+
+    >>> truth = np.array([[1, 1, 0], [0, 2, 2]])
+    >>> t_index, p_index, inter, t_ids, t_areas, p_ids, p_areas = overlap_table(truth, np.array([[5, 5, 5], [0, 5, 0]]))
+    >>> t_index.tolist(), p_index.tolist(), inter.tolist(), t_areas.tolist(), p_ids.tolist(), p_areas.tolist()
+    ([0, 1], [0, 0], [2, 1], [2, 2], [5], [4])
     """
     t_top = int(truth.max()) if truth.size else 0
     p_top = int(prediction.max()) if prediction.size else 0
@@ -329,7 +335,7 @@ def score_tile(truth: Any, prediction: Any, name: str = "tile") -> dict[str, flo
     prediction = as_label_image(prediction, f"{name}: prediction")
     if truth.shape != prediction.shape:
         raise ValueError(f"{name}: truth has shape {truth.shape} but prediction has shape {prediction.shape}")
-    t_index, p_index, inter, t_ids, t_areas, p_ids, p_areas = _pairs(truth, prediction)
+    t_index, p_index, inter, t_ids, t_areas, p_ids, p_areas = overlap_table(truth, prediction)
     n_true, n_pred = t_areas.size, p_areas.size
     union = t_areas[t_index] + p_areas[p_index] - inter
     iou = inter / union if inter.size else np.zeros(0)
