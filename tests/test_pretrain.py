@@ -69,6 +69,7 @@ def test_real_tiles_become_windows_with_ignore(small_external):
     data = load_pretraining_tiles(small_external, boundary_width=2)
     assert data["images"].shape == (2 * 4 + 2, 512, 512, 3) and data["images"].dtype == np.uint8
     assert [s["windows"] for s in data["sources"]] == [8, 2]
+    assert "instances" not in data  # only contact weighting needs them
     assert data["sources"][0]["nuclei"] == 480 + 314  # the manifest's counts
     # a window is the image cut where its name says
     name = data["names"][1]
@@ -203,7 +204,7 @@ def test_mix_data_adds_other_nuclei_data_to_fine_tuning_at_its_share(small_exter
     folders = tuple(str(f) for f in small_external)
     config = TrainConfig(**TINY, steps=2, mix_data=folders, mix_share=0.2, contact_weight=5.0)
     cv.train_model(config, tiles, fold=3, progress=False)
-    other = load_pretraining_tiles(folders, config.boundary_width)
+    other = load_pretraining_tiles(folders, config.boundary_width, instances=True)
     n, train = len(other["names"]), training_indices(3)
     assert seen["indices"] == train + list(range(30, 30 + n))  # no held-out tile, every window of the others
     assert np.array_equal(seen["images"][30:], other["images"])

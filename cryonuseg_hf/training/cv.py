@@ -86,7 +86,7 @@ def train_model(
     if config.mix_data:  # other nuclei data after the CryoNuSeg copies, drawn config.mix_share of the time
         from cryonuseg_hf.data.external import load_pretraining_tiles
 
-        other = load_pretraining_tiles(config.mix_data, config.boundary_width)
+        other = load_pretraining_tiles(config.mix_data, config.boundary_width, instances=contacts is not None)
         extra = list(range(len(images), len(images) + len(other["names"])))
         images = np.concatenate([images, other["images"]])
         classes = np.concatenate([classes, other["classes"]])
