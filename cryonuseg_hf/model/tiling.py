@@ -94,6 +94,24 @@ def _centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, sum_r[ids] / counts[ids], sum_c[ids] / counts[ids]
 
 
+def owned_nuclei(labels: np.ndarray, origin: tuple[int, int], core: tuple[slice, slice]) -> np.ndarray:
+    """Ids of the nuclei a window owns: those whose centroid, rounded down, lies in its core.
+
+    Args:
+        labels: (h, w) instance labels of the window.
+        origin: (row, col) of the window's top-left pixel in the image.
+        core: (rows, cols) slices of the core, in image pixels.
+
+    >>> labels = np.zeros((4, 8), np.int32); labels[1:3, 1:3] = 1; labels[1:3, 5:7] = 2
+    >>> owned_nuclei(labels, (10, 100), (slice(10, 14), slice(100, 104))).tolist()
+    [1]
+    """
+    ids, cy, cx = _centroids(labels)
+    cy, cx = np.floor(cy).astype(int) + origin[0], np.floor(cx).astype(int) + origin[1]
+    rows, cols = core
+    return ids[(cy >= rows.start) & (cy < rows.stop) & (cx >= cols.start) & (cx < cols.stop)]
+
+
 def predict_tiled(
     image: np.ndarray,
     predict_tile: Callable[[np.ndarray], np.ndarray],
@@ -135,14 +153,10 @@ def predict_tiled(
     for tile in tqdm(tiles, desc="tiles", unit="tile", disable=not progress, leave=False):
         (r0, c0), window = (tile.window[0].start, tile.window[1].start), tile.window
         labels = _check_tile_labels(predict_tile(image[window]), (window[0].stop - r0, window[1].stop - c0))
-        ids, cy, cx = _centroids(labels)
-        cy, cx = np.floor(cy).astype(int) + r0, np.floor(cx).astype(int) + c0
-        core_r, core_c = tile.core
-        owned = (cy >= core_r.start) & (cy < core_r.stop) & (cx >= core_c.start) & (cx < core_c.stop)
         boxes = ndi.find_objects(labels)
         # window edges that are cuts through the image (not the image border)
         cuts = (r0 > 0, c0 > 0, window[0].stop < height, window[1].stop < width)
-        for label in ids[owned]:
+        for label in owned_nuclei(labels, (r0, c0), tile.core):
             box = boxes[label - 1]
             mask = labels[box] == label
             target = out[box[0].start + r0 : box[0].stop + r0, box[1].start + c0 : box[1].stop + c0]

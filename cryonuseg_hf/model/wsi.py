@@ -17,8 +17,9 @@ The data flow, one function each:
 3. :func:`slide_nuclei`: the slide is cut into blocks with :func:`cryonuseg_hf.model.tiling.tile_grid` (blocks of
    ``block_size`` whose windows add ``margin`` pixels of context); each block whose core holds tissue is read
    and labelled by :func:`cryonuseg_hf.model.tiling.predict_tiled` (tiles without tissue pixels skip the model), and
-   keeps the nuclei whose centroid lies in its core: the same ownership rule one level up, so nuclei are
-   neither cut nor duplicated at block edges, and memory holds one block, not the slide.
+   keeps the nuclei whose centroid lies in its core (:func:`cryonuseg_hf.model.tiling.owned_nuclei`): the same
+   ownership rule one level up, so nuclei are neither cut nor duplicated at block edges, and memory holds one
+   block, not the slide.
 4. :func:`predict_slide`: writes QuPath GeoJSON (detections with measurements), a CSV of nuclei, an overview
    PNG (thumbnail, tissue outline, nuclei density), a JSON summary, and a label pyramid when asked, each first
    to a ``.partial`` file renamed at the end, so an interrupted run (Ctrl-C) leaves no half-written output.
@@ -453,7 +454,7 @@ def slide_nuclei(
     """
     from tqdm.auto import tqdm
 
-    from cryonuseg_hf.model.tiling import _centroids, predict_tiled, tile_grid
+    from cryonuseg_hf.model.tiling import owned_nuclei, predict_tiled, tile_grid
 
     stats = stats if stats is not None else SlideStats()
     blocks = tile_grid(slide.shape, tile_size=block_size, margin=margin, align=align)
@@ -479,10 +480,7 @@ def slide_nuclei(
         )
         for key in ("duplicates_dropped", "shared_pixels", "touching_cut_edge"):
             setattr(stats, key, getattr(stats, key) + tiled.get(key, 0))
-        ids, cy, cx = _centroids(labels)
-        cy, cx = np.floor(cy).astype(int) + rows.start, np.floor(cx).astype(int) + cols.start
-        core_r, core_c = block.core
-        owned = ids[(cy >= core_r.start) & (cy < core_r.stop) & (cx >= core_c.start) & (cx < core_c.stop)]
+        owned = owned_nuclei(labels, (rows.start, cols.start), block.core)
         records, features, global_labels = _block_records(
             slide, image, labels, owned, block.window, roi, stats
         )
