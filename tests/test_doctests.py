@@ -23,6 +23,7 @@ MODULES = [
         "model.images",
         "model.postprocess",
         "model.predict",
+        "model.segformer",
         "model.tiling",
     )
 ]

@@ -221,6 +221,10 @@ def test_first_stride_applies_to_a_start_point(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="first_stride"):
         build_model(init=start, first_stride=3)
+    assert build_model("tiny", init=start).config.hidden_sizes == [8, 16, 32, 64]
+    # the recorded variant is what trains: a start point of another variant is refused, not silently used
+    with pytest.raises(ValueError, match=r"is SegFormer-tiny, not the --variant b0"):
+        build_model("b0", init=start)
 
 
 def _nan_loss_on(calls: set[int] | None, monkeypatch, first_bad: int = 0):

@@ -101,8 +101,20 @@ def image_processor(input_scale: float = 2.0):
     )
 
 
+def variant_of(config: Any) -> str | None:
+    """The name in ``VARIANTS`` whose encoder and decoder sizes a ``SegformerConfig`` has (None if none).
+
+    >>> variant_of(segformer_config("b1"))
+    'b1'
+    """
+    for name, sizes in VARIANTS.items():
+        if all(getattr(config, key, None) == value for key, value in sizes.items()):
+            return name
+    return None
+
+
 def build_model(
-    variant: str = "b0",
+    variant: str | None = None,
     input_scale: float = 2.0,
     init: str | Path | None = None,
     seed: int = 0,
@@ -110,10 +122,11 @@ def build_model(
 ):
     """A fresh SegFormer (weights drawn with ``seed``), or one fine-tuned from ``init`` (Hub id or folder).
 
-    With ``init``, every weight whose shape fits comes from the pretrained model (a model pretrained with the
-    three CryoNuSeg classes keeps its decode head too); ``variant`` is then the init's, and ``first_stride`` is
-    applied to it (the first patch embedding's weights fit any stride, so a start point pretrained at stride 4
-    can be fine-tuned at stride 2).
+    ``variant`` is a key of ``VARIANTS``: b0 when not given for a fresh model. With ``init``, every weight whose
+    shape fits comes from the pretrained model (a model pretrained with the three CryoNuSeg classes keeps its
+    decode head too); the variant is the init's, and a ``variant`` that names another is refused, so what a
+    training record says it trained is what it trained. ``first_stride`` is applied to the init (the first patch
+    embedding's weights fit any stride, so a start point pretrained at stride 4 can be fine-tuned at stride 2).
     """
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -121,10 +134,16 @@ def build_model(
     torch.manual_seed(seed)
     if init is None:
         return SegformerForSemanticSegmentation(
-            segformer_config(variant, input_scale, first_stride=first_stride)
+            segformer_config(variant or "b0", input_scale, first_stride=first_stride)
         )
     _check_first_stride(first_stride)
     config = SegformerConfig.from_pretrained(str(init))
+    found = variant_of(config)
+    if variant is not None and found != variant:
+        raise ValueError(
+            f"--init {init} is SegFormer-{found or '? (sizes of no known variant)'}, not the --variant {variant} "
+            "asked for; pass the init's variant"
+        )
     config.update({**_label_maps(), "semantic_loss_ignore_index": 255})
     config.strides = [first_stride, *config.strides[1:]]
     model = SegformerForSemanticSegmentation.from_pretrained(
