@@ -102,13 +102,16 @@ def image_processor(input_scale: float = 2.0):
 
 
 def variant_of(config: Any) -> str | None:
-    """The name in ``VARIANTS`` whose encoder and decoder sizes a ``SegformerConfig`` has (None if none).
+    """The name in ``VARIANTS`` whose encoder (depths and widths) a ``SegformerConfig`` has (None if none).
+
+    Only the encoder counts: an encoder-only start point (such as the Hub's MiT checkpoints) has no trained decoder,
+    and its config's decoder size need not be the one ``VARIANTS`` gives.
 
     >>> variant_of(segformer_config("b1"))
     'b1'
     """
     for name, sizes in VARIANTS.items():
-        if all(getattr(config, key, None) == value for key, value in sizes.items()):
+        if all(list(getattr(config, key, ())) == sizes[key] for key in ("depths", "hidden_sizes")):
             return name
     return None
 
