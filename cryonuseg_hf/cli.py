@@ -248,6 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="resumable training state (default: <out>.state.pt beside --out); rerun the command to resume",
     )
+    pretrain.add_argument(
+        "--resize",
+        default=None,
+        help="resize each --data folder before training: 'auto' matches each folder's median nucleus area to "
+        "CryoNuSeg's (read from --cryonuseg), or one factor per folder, comma-separated (default: none)",
+    )
+    pretrain.add_argument(
+        "--cryonuseg",
+        type=Path,
+        default=None,
+        help="CryoNuSeg data that --resize auto measures against (default: $CRYONUSEG_DATA)",
+    )
     _add_train_options(pretrain)
     pretrain.set_defaults(func=_cmd_pretrain)
 
@@ -419,12 +431,25 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     config = _train_config(args)  # bad options fail here, before torch is imported or data read
     from cryonuseg_hf.training.cv import pretrain
 
+    resize = args.resize
+    if resize not in (None, "auto"):
+        try:
+            resize = [float(f) for f in resize.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"--resize {args.resize!r}: expected 'auto' or comma-separated numbers"
+            ) from None
+        if len(resize) != len(args.data) or not all(f > 0 for f in resize):
+            raise ValueError(
+                f"--resize {args.resize!r}: expected one factor > 0 per --data ({len(args.data)})"
+            )
     command = shlex.join(
         ["cryonuseg-hf", "pretrain", *[f"--data={d}" for d in args.data], f"--out={args.out}"]
         + ([f"--state={args.state}"] if args.state else [])
+        + ([f"--resize={args.resize}"] if args.resize else [])
         + _recipe_options(args)
     )
-    record = pretrain(config, args.data, args.out, command, args.state)
+    record = pretrain(config, args.data, args.out, command, args.state, resize, args.cryonuseg)
     images = sum(s["images"] for s in record["sources"])
     print(
         f"pretrained on {record['windows']} windows of {images} images: {record['steps']} steps in "

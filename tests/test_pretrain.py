@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cryonuseg_hf.data.external import default_external, load_pretraining_tiles, read_folder, window_starts
+from cryonuseg_hf.data.external import (
+    default_external,
+    load_pretraining_tiles,
+    median_nucleus_area,
+    read_folder,
+    size_matching_factors,
+    window_starts,
+)
 from cryonuseg_hf.data.targets import IGNORE_INDEX
 
 torch = pytest.importorskip("torch")
@@ -63,6 +70,31 @@ def test_windows_cover_every_pixel():
         assert covered.all()
     with pytest.raises(ValueError, match="shorter"):
         window_starts(300)
+
+
+def test_resize_matches_nucleus_sizes_and_keeps_labels_whole(small_external):
+    records = [read_folder(folder) for folder in small_external]
+    areas = [median_nucleus_area(r["labels"] for r in recs) for recs in records]
+    assert areas[1] > 1.5 * areas[0]  # NuInsSeg's pixels are finer than MoNuSeg's
+    factors = size_matching_factors(small_external, target_area=228.0)
+    assert factors[1] < factors[0] < 1
+    data = load_pretraining_tiles(small_external, boundary_width=2, resize=factors, instances=True)
+    window = data["images"].shape[1]
+    assert window % 32 == 0 and window <= round(512 * factors[1])  # the smallest resized tile still fits
+    for source, factor in zip(data["sources"], factors, strict=True):
+        assert source["resize"] == factor
+        assert abs(source["median_nucleus_px"] - 228.0) < 0.25 * 228.0  # brought near the target
+    # nearest-neighbour labels: no new ids, and classes still come from the instances
+    spleen = [i for i, n in enumerate(data["names"]) if n.startswith("nuinsseg_human_spleen/human_spleen_05")]
+    ids = set(np.unique(data["instances"][spleen]))
+    assert ids <= set(np.unique(records[1][0]["labels"]))
+    nucleus = data["classes"][spleen] != 0
+    assert np.array_equal(
+        nucleus & (data["classes"][spleen] != IGNORE_INDEX),
+        (data["instances"][spleen] > 0) & (data["classes"][spleen] != IGNORE_INDEX),
+    )
+    with pytest.raises(ValueError, match="one resize factor > 0 per folder"):
+        load_pretraining_tiles(small_external, resize=[0.5])
 
 
 def test_real_tiles_become_windows_with_ignore(small_external):

@@ -5,15 +5,20 @@ A pretraining folder holds ``images/<stem>.png`` (RGB), ``labels/<stem>.png`` (i
 of the loss), the layout of ``../shared/datasets/external/*``. None of it is a CryoNuSeg tile, so one model
 pretrained on it can start every fold without breaking the fold protocol.
 
-Images of any size of at least 512x512 are cut into 512x512 windows that cover them (a 1000-pixel side gives
-windows at 0 and 488), so everything stacks into one array like the CryoNuSeg tiles and the same training loop
-draws crops from it. Pixels under an ignore mask get class ``IGNORE_INDEX``.
+Images of any size of at least the window are cut into square windows that cover them (a 1000-pixel side gives
+512-pixel windows at 0 and 488), so everything stacks into one array like the CryoNuSeg tiles and the same
+training loop draws crops from it. Pixels under an ignore mask get class ``IGNORE_INDEX``.
+
+Datasets differ in pixel size: NuInsSeg's nuclei cover about three times the pixels of CryoNuSeg's. A folder can
+be resized by a factor before it is cut (:func:`size_matching_factor` measures one by matching median nucleus
+areas), so the model learns nuclei at the size it will meet them.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,49 +114,127 @@ def read_folder(folder: str | Path) -> list[dict[str, Any]]:
                 f"do not match the image {image.shape[:2]}"
             )
             continue
-        if min(image.shape[:2]) < WINDOW:
-            problems.append(f"{images[stem]}: {image.shape[:2]} is smaller than {WINDOW}x{WINDOW}")
-            continue
         records.append({"name": f"{folder.name}/{stem}", "image": image, "labels": label, "ignore": ignore})
     if problems:
         raise ValueError(f"{folder}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return records
 
 
+def median_nucleus_area(labels: Iterable[np.ndarray]) -> float:
+    """The median area in pixels of the nuclei of some instance label images (0 = background).
+
+    >>> label = np.zeros((8, 8), int); label[:2, :2] = 1; label[4:, 4:] = 2; label[0, 7] = 3
+    >>> median_nucleus_area([label])
+    4.0
+    """
+    areas = [np.bincount(np.asarray(label).ravel())[1:] for label in labels]
+    areas = np.concatenate(areas) if areas else np.zeros(0, int)
+    areas = areas[areas > 0]
+    if not len(areas):
+        raise ValueError("no nuclei to measure: every label image is empty")
+    return float(np.median(areas))
+
+
+def size_matching_factor(area: float, target_area: float) -> float:
+    """The linear resize factor that turns nuclei of median ``area`` into nuclei of median ``target_area``,
+    rounded to 3 decimals (areas scale with its square).
+
+    >>> size_matching_factor(675.0, 227.0)
+    0.58
+    """
+    return round(math.sqrt(target_area / area), 3)
+
+
+def size_matching_factors(folders: Iterable[str | Path], target_area: float) -> list[float]:
+    """One :func:`size_matching_factor` per folder: its median nucleus area brought to ``target_area``."""
+    return [
+        size_matching_factor(median_nucleus_area(r["labels"] for r in read_folder(folder)), target_area)
+        for folder in folders
+    ]
+
+
+def _resized(record: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A record of :func:`read_folder` resized by ``factor``: the image with antialiasing, labels and ignore
+    mask by nearest neighbour (so no label is invented)."""
+    if factor == 1:
+        return record
+    from PIL import Image
+
+    h, w = record["labels"].shape
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    image = np.asarray(Image.fromarray(record["image"]).resize(size, Image.Resampling.LANCZOS))
+    labels = np.asarray(
+        Image.fromarray(record["labels"].astype(np.int32)).resize(size, Image.Resampling.NEAREST)
+    )
+    ignore = record["ignore"]
+    if ignore is not None:
+        ignore = np.asarray(Image.fromarray(ignore).resize(size, Image.Resampling.NEAREST))
+    return {**record, "image": image, "labels": labels, "ignore": ignore}
+
+
 def load_pretraining_tiles(
-    folders: Iterable[str | Path], boundary_width: int = 1, instances: bool = False
+    folders: Iterable[str | Path],
+    boundary_width: int = 1,
+    instances: bool = False,
+    resize: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """512x512 windows of every image in ``folders`` with their class maps, ready for the training loop.
+    """Square windows of every image in ``folders`` with their class maps, ready for the training loop.
 
     Args:
         folders: folders as :func:`read_folder` reads them.
         boundary_width: of the boundary class, in pixels.
         instances: also return the windows' instance labels (4 bytes per pixel: about 160 MB for the MoNuSeg
             and NuInsSeg folders), which only contact weighting needs.
+        resize: one linear factor per folder, applied to its images before they are cut (None: all 1). With
+            every factor 1 the windows are 512x512 and stack with CryoNuSeg tiles; otherwise the window is the
+            largest multiple of 32 (at most 512) that fits the smallest resized image.
 
     Returns:
-        ``{"names": [...], "images": (N, 512, 512, 3) uint8, "classes": (N, 512, 512) uint8,
-        "sources": [{"folder", "images", "windows", "nuclei"}]}``, and ``"instances": (N, 512, 512) int32`` when
-        asked for; ignored pixels have class ``IGNORE_INDEX``.
+        ``{"names": [...], "images": (N, S, S, 3) uint8, "classes": (N, S, S) uint8,
+        "sources": [{"folder", "images", "windows", "nuclei", "resize", "median_nucleus_px"}]}``, and
+        ``"instances": (N, S, S) int32`` when asked for; ignored pixels have class ``IGNORE_INDEX``;
+        ``median_nucleus_px`` is measured after resizing.
         The class maps are made on the whole image before cutting, so a nucleus cut by a window keeps its
         boundary ring where the whole image has one.
+
+    Raises:
+        ValueError: no folders, a factor per folder missing or not > 0, or an image smaller than 512 (32 when
+            resized) pixels on a side.
     """
+    folders = list(folders)
+    if not folders:
+        raise ValueError("no pretraining folders given")
+    factors = [1.0] * len(folders) if resize is None else [float(f) for f in resize]
+    if len(factors) != len(folders) or not all(math.isfinite(f) and f > 0 for f in factors):
+        raise ValueError(
+            f"expected one resize factor > 0 per folder ({len(folders)}), got {list(resize or [])}"
+        )
+    folder_records = [
+        [_resized(record, factor) for record in read_folder(folder)]
+        for folder, factor in zip(folders, factors, strict=True)
+    ]
+    smallest = min(min(r["labels"].shape) for records in folder_records for r in records)
+    window = WINDOW if all(f == 1 for f in factors) else min(WINDOW, smallest // 32 * 32)
     names, images, classes, labels, sources = [], [], [], [], []
-    for folder in folders:
-        records = read_folder(folder)
+    for folder, factor, records in zip(folders, factors, folder_records, strict=True):
         windows = 0
         for record in records:
+            if min(record["labels"].shape) < max(window, 32):
+                raise ValueError(
+                    f"{record['name']}: {record['labels'].shape} (resized by {factor}) is smaller than "
+                    f"{window}x{window}"
+                )
             full = instances_to_classes(record["labels"], boundary_width)
             if record["ignore"] is not None:
                 full[record["ignore"]] = IGNORE_INDEX
             h, w = full.shape
-            for r in window_starts(h):
-                for c in window_starts(w):
+            for r in window_starts(h, window):
+                for c in window_starts(w, window):
                     names.append(f"{record['name']}@{r},{c}")
-                    images.append(record["image"][r : r + WINDOW, c : c + WINDOW])
-                    classes.append(full[r : r + WINDOW, c : c + WINDOW])
+                    images.append(record["image"][r : r + window, c : c + window])
+                    classes.append(full[r : r + window, c : c + window])
                     if instances:
-                        labels.append(record["labels"][r : r + WINDOW, c : c + WINDOW].astype(np.int32))
+                        labels.append(record["labels"][r : r + window, c : c + window].astype(np.int32))
                     windows += 1
         sources.append(
             {
@@ -159,10 +242,10 @@ def load_pretraining_tiles(
                 "images": len(records),
                 "windows": windows,
                 "nuclei": int(sum(len(np.unique(r["labels"])) - (r["labels"] == 0).any() for r in records)),
+                "resize": factor,
+                "median_nucleus_px": median_nucleus_area(r["labels"] for r in records),
             }
         )
-    if not names:
-        raise ValueError("no pretraining folders given")
     data = {"names": names, "images": np.stack(images), "classes": np.stack(classes), "sources": sources}
     if instances:
         data["instances"] = np.stack(labels)

@@ -47,7 +47,7 @@ from cryonuseg_hf.core.machine import machine_description
 from cryonuseg_hf.data.release import MARKUPS
 from cryonuseg_hf.model.segformer import resolve_device
 from cryonuseg_hf.training.config import TrainConfig, recipe
-from cryonuseg_hf.training.data import training_indices, tuning_tiles
+from cryonuseg_hf.training.data import load_tiles, training_indices, tuning_tiles
 from cryonuseg_hf.training.loop import fit_segformer
 
 logger = logging.getLogger(__name__)
@@ -288,9 +288,16 @@ def pretrain(
     out: str | Path,
     command: str,
     state: str | Path | None = None,
+    resize: Sequence[float] | str | None = None,
+    cryonuseg: str | Path | None = None,
 ) -> dict[str, Any]:
     """One start point from other nuclei data (:mod:`cryonuseg_hf.data.external`), saved as a checkpoint in ``out``
     with its record (``pretrain.json``). Returns the record.
+
+    Args:
+        resize: one linear factor per folder; ``"auto"`` measures each folder's factor so that its median
+            nucleus area matches CryoNuSeg's (all nuclei of the three mark-ups of ``cryonuseg``); None: all 1.
+        cryonuseg: the CryoNuSeg data ``"auto"`` measures against (as :func:`load_tiles` reads it).
 
     Resumable: the training state is saved every ``save_every`` seconds (default ``<out>.state.pt``), and the
     same call made again continues from it; the state file is removed once the checkpoint is written.
@@ -298,7 +305,11 @@ def pretrain(
     import torch
     import transformers
 
-    from cryonuseg_hf.data.external import load_pretraining_tiles
+    from cryonuseg_hf.data.external import (
+        load_pretraining_tiles,
+        median_nucleus_area,
+        size_matching_factors,
+    )
     from cryonuseg_hf.model.segformer import save_checkpoint
 
     if config.contact_weight:
@@ -311,7 +322,13 @@ def pretrain(
         raise ValueError("--mix-data applies to fine-tuning on CryoNuSeg (train); pretrain reads --data")
     out = Path(out)
     state = Path(state) if state else out.with_name(out.name + ".state.pt")
-    data = load_pretraining_tiles(folders, config.boundary_width)
+    target = None
+    if resize == "auto":
+        masks = load_tiles(cryonuseg)["masks"]
+        target = median_nucleus_area(m for stack in masks.values() for m in stack)
+        resize = size_matching_factors(folders, target)
+        logger.info("resize factors matching CryoNuSeg's median nucleus (%.0f px): %s", target, resize)
+    data = load_pretraining_tiles(folders, config.boundary_width, resize=resize)
     indices = list(range(len(data["names"])))
     model, record = fit_segformer(
         config, data["images"], data["classes"], indices, stream=100, state_path=state, name="pretrain"
@@ -324,8 +341,14 @@ def pretrain(
         config=asdict(config),
         sources=data["sources"],
         windows=len(indices),
+        window=int(data["images"].shape[1]),
         versions={"torch": torch.__version__, "transformers": transformers.__version__},
     )
+    if target is not None:
+        record["resize_rule"] = {
+            "rule": "each folder's median nucleus area matched to CryoNuSeg's (three mark-ups pooled)",
+            "cryonuseg_median_nucleus_px": target,
+        }
     (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
     state.unlink(missing_ok=True)
     return record
