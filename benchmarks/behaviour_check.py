@@ -57,7 +57,9 @@ def _scores_only(value):
     """The numbers of a score report, without its words (which a report may reword), its command or its machine."""
     if isinstance(value, dict):
         return {
-            k: _scores_only(v) for k, v in sorted(value.items()) if k not in ("machine", "note", "sentence")
+            k: _scores_only(v)
+            for k, v in sorted(value.items())
+            if k not in ("machine", "note", "sentence", "command")
         }
     if isinstance(value, list):
         return [_scores_only(v) for v in value]
