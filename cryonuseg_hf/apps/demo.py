@@ -39,6 +39,7 @@ def run_demo(
     model: str | os.PathLike | None = None,
     backend: str = "auto",
     overwrite: bool = False,
+    threads: int | None = None,
 ) -> list[dict]:
     """Predict, export and score every example tile; also writes ``scores.json`` into ``out_dir``.
 
@@ -61,7 +62,7 @@ def run_demo(
     if scores_path.exists() and not overwrite:
         raise FileExistsError(f"{scores_path} exists already; pass --overwrite to replace the demo's outputs")
     pairs = example_tiles()
-    predictor = load_predictor(model, backend=backend)
+    predictor = load_predictor(model, backend=backend, threads=threads)
     written, failures = predict_files([image for image, _ in pairs], out_dir, predictor, overwrite=overwrite)
     if failures:
         raise ValueError("; ".join(f"{path}: {message}" for path, message in failures.items()))

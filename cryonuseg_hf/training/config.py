@@ -1,14 +1,16 @@
 """The training recipe: every option that decides a trained model, with its checks.
 
 A :class:`TrainConfig` is saved beside every result and checkpoint (``cryonuseg_train_config`` in a checkpoint's
-``config.json``); the CLI builds one from its options, and a resumed run must have the same :func:`recipe`.
+``config.json``); a resumed run must have the same :func:`recipe`. Named recipes are YAML files in ``recipes/``
+(:func:`load_recipe`): the CLI starts from one and its options override single fields.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from cryonuseg_hf.core.tiles import TILE_SIZE
@@ -156,3 +158,54 @@ def recipe(config: dict[str, Any]) -> dict[str, Any]:
         return {}
     full = json.loads(json.dumps({**asdict(TrainConfig()), **config}))  # tuples and lists compare alike
     return {k: v for k, v in full.items() if k not in RUN_OPTIONS}
+
+
+RECIPES = Path(__file__).with_name("recipes")
+"""The named recipes the package ships: ``<name>.yaml``, each a mapping of :class:`TrainConfig` fields."""
+
+
+def recipe_names() -> list[str]:
+    """The names of the shipped recipes (``--recipe NAME``)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """The fields a recipe sets: a shipped recipe by name (see :func:`recipe_names`) or a YAML file by path.
+
+    Raises:
+        FileNotFoundError: neither a shipped name nor an existing file.
+        ValueError: the file is not a mapping of :class:`TrainConfig` field names to values; names the file.
+    """
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = RECIPES / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"recipe {str(name_or_path)!r}: no such file, and no shipped recipe of that name "
+            f"(shipped: {', '.join(recipe_names())})"
+        )
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{path}: a recipe is a mapping of TrainConfig fields to values, got {type(values).__name__}"
+        )
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown recipe fields {unknown}; the fields are {sorted(known)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def make_config(recipe_fields: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The checked :class:`TrainConfig` of a recipe's fields with ``overrides`` (command-line options) on top."""
+    values = {**recipe_fields, **overrides}
+    for name in ("input_scale", "lr", "weight_decay", "dice_weight", "contact_weight", "scale_jitter",
+                 "ema_decay", "mix_share", "save_every"):  # fmt: skip
+        if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
+            values[name] = float(values[name])  # YAML reads 5 as an int; the record keeps floats
+    return validate_config(TrainConfig(**values))

@@ -1,0 +1,155 @@
+"""Subcommands that run the model: ``predict`` (images and whole slides), ``demo`` and ``app``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cryonuseg_hf.cli.options import add_model, add_overwrite, int_at_least
+
+
+def add_parsers(sub) -> None:
+    demo = sub.add_parser(
+        "demo", help="predict, export and score the example tiles the package ships (the main job, small)"
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (created)")
+    add_model(demo)
+    add_overwrite(demo, "the outputs of an earlier demo")
+    demo.set_defaults(func=cmd_demo)
+
+    predict = sub.add_parser(
+        "predict",
+        help="nuclei instances of H&E images: label TIFF, overlay PNG, QuPath GeoJSON, ImageJ ROI zip, CSV",
+    )
+    predict.add_argument(
+        "images", nargs="+", type=Path, help="PNG/JPEG/TIFF files or folders of them, and whole-slide images"
+    )
+    predict.add_argument("-o", "--output", type=Path, required=True, help="output folder (created)")
+    add_model(predict, device=True)
+    predict.add_argument(
+        "--tile-size", type=int_at_least(64), default=512, help="larger images are predicted in tiles"
+    )
+    predict.add_argument(
+        "--margin", type=int_at_least(0), default=64, help="context around each tile's core, pixels"
+    )
+    predict.add_argument("--tta", action="store_true", help="average over 8 flips/rotations (8x slower)")
+    predict.add_argument("--max-pixels", type=int_at_least(1), default=2**28, help="refuse larger images")
+    add_overwrite(predict)
+    predict.add_argument(
+        "--allow-non-tissue",
+        action="store_true",
+        help="predict images that do not look like H&E tissue (black, blank, grey) instead of refusing them",
+    )
+    slides = predict.add_argument_group(
+        "whole slides (.svs, .ndpi, .scn, .bif, pyramidal .tif): GeoJSON, CSV, overview PNG in level-0 pixels"
+    )
+    slides.add_argument("--mpp", type=float, default=None, help="µm per level-0 pixel (default: the slide's)")
+    slides.add_argument("--roi", default=None, help="only this region: x,y,width,height in level-0 pixels")
+    slides.add_argument("--labels", action="store_true", help="also write a pyramidal label TIFF")
+    predict.set_defaults(func=cmd_predict)
+
+    app = sub.add_parser(
+        "app", help="serve the Gradio app (the Space): upload an H&E image, get its nuclei and the exports"
+    )
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    app.add_argument("--port", type=int_at_least(1), default=7860, help="port to listen on")
+    add_model(app)
+    app.add_argument(
+        "--max-pixels",
+        type=int_at_least(1),
+        default=None,
+        help="refuse larger uploads (default: 4096x4096 pixels)",
+    )
+    app.set_defaults(func=cmd_app)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.apps.demo import run_demo
+
+    records = run_demo(
+        args.out, model=args.model, backend=args.backend, overwrite=args.overwrite, threads=args.threads
+    )
+    print(f"{'tile':18s} {'fold':>4s} {'annotated':>9s} {'predicted':>9s}   dice    aji    aji+   pq")
+    for r in records:
+        print(
+            f"{r['tile_id']:18s} {r['fold']:4d} {r['nuclei_annotated']:9d} {r['n_pred']:9d}   "
+            f"{r['dice']:.3f}  {r['aji']:.3f}  {r['aji_plus']:.3f}  {r['pq']:.3f}"
+        )
+    print(f"outputs and scores.json in {args.out}")
+    print("note: the shipped model was trained on all 30 tiles, these included; held-out scores: results/cv/")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.model.predict import ensure_writable_folder, load_predictor, predict_files
+    from cryonuseg_hf.model.wsi import is_slide, parse_roi, predict_slide
+
+    ensure_writable_folder(args.output)
+    roi = parse_roi(args.roi) if args.roi else None
+    predictor = load_predictor(args.model, device=args.device, backend=args.backend, threads=args.threads)
+    slides = [path for path in args.images if is_slide(path)]
+    images = [path for path in args.images if path not in slides]
+    written, failures = {}, {}
+    if images:
+        written, failures = predict_files(
+            images,
+            args.output,
+            predictor,
+            overwrite=args.overwrite,
+            tile_size=args.tile_size,
+            margin=args.margin,
+            tta=args.tta,
+            max_pixels=args.max_pixels,
+            allow_non_tissue=args.allow_non_tissue,
+        )
+        where = f"{args.output} ({predictor.backend} on {predictor.device})"
+        print(f"predicted {len(written)} image(s) into {where}")
+    for path in slides:
+        try:
+            summary = predict_slide(
+                path,
+                args.output,
+                predictor,
+                mpp=args.mpp,
+                roi=roi,
+                labels=args.labels,
+                overwrite=args.overwrite,
+                tta=args.tta,
+                tile_size=args.tile_size,
+                margin=args.margin,
+                progress=True,
+            )
+        except (OSError, ValueError) as error:
+            failures[path] = str(error)
+            continue
+        except KeyboardInterrupt:
+            print(f"interrupted: {path}: no output of it was left behind", file=sys.stderr)
+            return 130
+        written[path] = summary["outputs"]
+        print(
+            f"{path}: {summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm2 of tissue, "
+            f"{summary['seconds']:.0f} s; outputs {args.output}/{path.stem}{{.geojson,_nuclei.csv,_overview.png}}"
+        )
+    for path, message in failures.items():
+        print(f"failed: {path}: {message}", file=sys.stderr)
+    return 1 if failures or not written else 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.apps.app import APP_MAX_PIXELS, launch
+
+    print(f"serving the app on http://{args.host}:{args.port} (no public link; Ctrl+C stops it)")
+    try:
+        launch(
+            host=args.host,
+            port=args.port,
+            model=args.model,
+            backend=args.backend,
+            threads=args.threads,
+            max_pixels=args.max_pixels or APP_MAX_PIXELS,
+        )
+    except ImportError as error:
+        print(f"cryonuseg-hf app: error: {error}", file=sys.stderr)
+        return 2
+    return 0
