@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests never touch the network and write only under tmp_path."""
+"""Shared fixtures. Tests never touch the network and write only under tmp_path.
+
+Tests that read the raw CryoNuSeg release, the external pretraining data or the slide samples, and the browser
+test of the app, are marked ``slow`` here (by the fixtures they use, or by their own mark): ``pytest -m "not
+slow"`` runs the rest in about a minute while developing; CI and the README's test command run everything.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,16 @@ os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
 os.environ["HF_MODULES_CACHE"] = os.path.join(_HF_HOME, "modules")
 os.environ["HF_METRICS_CACHE"] = os.path.join(_HF_HOME, "metrics")
 os.environ["CRYONUSEG_HF_CACHE"] = os.path.join(_HF_HOME, "cryonuseg_hf")  # ONNX exports
+
+
+SLOW_FIXTURES = {"release_path", "external", "wsi_samples", "browser"}
+"""Fixtures that read a real dataset: every test that uses one, directly or through another fixture, is slow."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
