@@ -16,7 +16,7 @@ of each set of predictions (median and mean area in pixels): the annotators draw
 
     python benchmarks/error_analysis.py
 
-Writes ``results/experiments/error_types.json`` and ``.md``. Deterministic; needs no model.
+Writes ``results/error_types.json`` and ``.md``. Deterministic; needs no model.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--data", default=None, help="raw release, build folder or .npz (default: the release)"
     )
-    parser.add_argument("--out", type=Path, default=Path("results/experiments"))
+    parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     tiles = load_tiles(args.data, markups=MARKUPS)
     results, sizes = {}, {}

@@ -8,8 +8,8 @@ slides that are JPEG-compressed already. ``unpack`` decodes the copy back to PNG
 on the decoded images. The largest pixel difference the re-encoding makes is printed and recorded in
 ``manifest.json``::
 
-    python benchmarks/gpu_transfer.py pack --out .gpu/external        # here (.gpu/ is git-ignored)
-    python3 benchmarks/gpu_transfer.py unpack .gpu/external /tmp/external   # on the GPU machine
+    python experiments/gpu_transfer.py pack --out .gpu/external        # here (.gpu/ is git-ignored)
+    python3 experiments/gpu_transfer.py unpack .gpu/external /tmp/external   # on the GPU machine
 """
 
 from __future__ import annotations

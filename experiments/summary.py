@@ -1,8 +1,8 @@
-"""One table of every training experiment under ``results/experiments/``: recipe, CPU time, accuracy per fold.
+"""One table of every training experiment under ``experiments/results/``: recipe, CPU time, accuracy per fold.
 
-Run: ``.venv/bin/python benchmarks/experiments_summary.py``. Reads each ``results/experiments/*/metrics.json``
-(written by ``cryonuseg-hf train --fold K ... --out results/experiments/<name>``) and the start point's
-``pretrain.json`` it names, and writes ``results/experiments/README.md``. The experiments share a fixed subset
+Run: ``.venv/bin/python experiments/summary.py``. Reads each ``experiments/results/*/metrics.json``
+(written by ``cryonuseg-hf train --fold K ... --out experiments/results/<name>``) and the start point's
+``pretrain.json`` it names, and writes ``experiments/results/README.md``. The experiments share a fixed subset
 of folds where they can (folds 1 Larynx and 4 Pancreas; the later ones fold 0 AdrenalGland too), so their rows
 compare; the full CV (``results/cv``) is a row too, and the InstanSeg columns come from ``results/peers.json``
 (``benchmarks/bench_peers.py``).
@@ -28,6 +28,12 @@ def pretrain_minutes(init: str | None) -> str:
     if not init:
         return "none"
     record = Path(init) if Path(init).is_absolute() else REPO / init
+    if not record.is_dir():  # start points that nothing ships moved beside the experiments
+        moved = (
+            REPO / "experiments" / "start_points" / Path(init).name,
+            REPO / init.replace("results/experiments", "experiments/results"),
+        )
+        record = next((m for m in moved if m.is_dir()), record)
     record = record / "pretrain.json"
     if not record.is_file():
         return f"`{init}`"
@@ -88,14 +94,16 @@ def fold_cells(per_fold: dict[int, dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiments", type=Path, default=REPO / "results" / "experiments")
+    parser.add_argument("--experiments", type=Path, default=REPO / "experiments" / "results")
     args = parser.parse_args()
 
     runs = sorted(p.parent for p in args.experiments.glob("*/metrics.json"))
     rows = [row(run.name, json.loads((run / "metrics.json").read_text())) for run in runs]
-    cv = args.experiments.parent / "cv" / "metrics.json"
+    cv = REPO / "results" / "cv" / "metrics.json"
     if cv.is_file():
-        rows.append(row("../cv", json.loads(cv.read_text())))  # the full CV; all 10 folds in its metrics.md
+        rows.append(
+            row("../../results/cv", json.loads(cv.read_text()))
+        )  # the full CV; all 10 folds in its metrics.md
     peers_path = REPO / "results" / "peers.json"
     if peers_path.is_file():
         peer = json.loads(peers_path.read_text())["scores"][PEER]
@@ -116,22 +124,22 @@ def main() -> None:
     lines = [
         "# Training experiments on the CPU",
         "",
-        "Produced by `python benchmarks/experiments_summary.py` from the `metrics.json` of each folder here; each "
+        "Produced by `python experiments/summary.py` from the `metrics.json` of each folder here; each "
         "folder's `metrics.md` names the command that made it, the machine and the load it ran under. Scores: "
         "AJI / PQ against annotator1_round2 (the last two columns: against the other two mark-ups), mean over the "
         "fold's 3 held-out tiles (TTA on, post-processing tuned on training tiles). Only 3 tiles per fold: "
         "differences of a few hundredths are within noise.",
         "",
-        "Related measurements: CPU seconds per step of each option (`../train_step_cpu.md`: bf16 autocast 1.6x "
+        "Related measurements: CPU seconds per step of each option (`../../results/train_step_cpu.md`: bf16 autocast 1.6x "
         "faster, first stride 2 3.5x slower) and the ceiling each output resolution allows "
-        "(`resolution_ceiling.md`). Start points pretrained on a lent GPU machine, and the ones not kept: "
+        "(`resolution_ceiling.md`). Start points pretrained on a GPU, and the ones not kept: "
         "`gpu_pretraining/README.md`. Post-processing and prediction variants (tuning on TTA probabilities, smoothing, "
         "wider mask thresholds, a larger input scale at prediction) on fixed fold models, and the size bias of the "
         "CV's nuclei: `postprocess/postprocess.md`. A third pretraining stage on the CPU, not kept: "
-        "`../pretrained_cpu3/README.md`; a start point adapted to output stride 2 on the CPU, not kept: "
-        "`../pretrained_stride2_cpu/README.md`; SegFormer-b1 pretrained on the CPU, not kept: "
-        "`../pretrained_b1_cpu/README.md`. Why reference nuclei go unmatched (missed, merged, split, poor fit) for the "
-        "CV, InstanSeg and the second annotator: `error_types.md`. Post-processing tuned on the grid only, or "
+        "`../start_points/pretrained_cpu3/README.md`; a start point adapted to output stride 2 on the CPU, not kept: "
+        "`../start_points/pretrained_stride2_cpu/README.md`; SegFormer-b1 pretrained on the CPU, not kept: "
+        "`../start_points/pretrained_b1_cpu/README.md`. Why reference nuclei go unmatched (missed, merged, split, poor fit) for the "
+        "CV, InstanSeg and the second annotator: `../../results/error_types.md`. Post-processing tuned on the grid only, or "
         "then also on the minimum size and the confidence filter together (`min_confidence`, from commit 82082ed): "
         "its effect on the fold models of the CV of commit 618eb0c (one mark-up) is in "
         "`postprocess_confidence/postprocess.md`; compare rows "

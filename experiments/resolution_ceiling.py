@@ -1,7 +1,7 @@
 """How well can a model with a given output resolution do at best? The ceiling of each target design.
 
-Run: ``.venv/bin/python benchmarks/bench_resolution_ceiling.py``. Writes
-``results/experiments/resolution_ceiling.{json,md}``.
+Run: ``.venv/bin/python experiments/resolution_ceiling.py``. Writes
+``experiments/results/resolution_ceiling.{json,md}``.
 
 For every tile, the ideal class map of the annotation (:func:`cryonuseg_hf.data.targets.instances_to_classes`, for
 several boundary widths) is average-pooled by the model's output stride (4 for SegFormer's paper design, 2 with
@@ -45,9 +45,7 @@ def ceiling(references, stride: int, width: int, threshold: float) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markup", default="annotator1_round2")
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "experiments"
-    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
 
     from cryonuseg_hf.training.data import load_tiles
@@ -60,7 +58,7 @@ def main() -> None:
             row.update(ceiling(references, stride, width, threshold))
             rows.append(row)
             print(row, flush=True)
-    command = "python benchmarks/bench_resolution_ceiling.py" + (
+    command = "python experiments/resolution_ceiling.py" + (
         f" --markup {args.markup}" if args.markup != "annotator1_round2" else ""
     )
     args.out.mkdir(parents=True, exist_ok=True)

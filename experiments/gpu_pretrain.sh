@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Pretraining runs side by side on one GPU machine, each with the same wall-clock budget, for the start-point
-# comparison in results/experiments/. Run from the repository root there, with .gpu/external (made here by
-# `python benchmarks/gpu_transfer.py pack`) carried along. Each argument is NAME=OPTIONS (pretrain options);
+# comparison in experiments/results/. Run from the repository root there, with .gpu/external (made here by
+# `python experiments/gpu_transfer.py pack`) carried along. Each argument is NAME=OPTIONS (pretrain options);
 # writes into $OUT: NAME.tar (the checkpoint folder; NAME.tar.partN when over 15 MB) and logs.tar.
-#   OUT=dir SECONDS_EACH=270 bash benchmarks/gpu_pretrain.sh \
+#   OUT=dir SECONDS_EACH=270 bash experiments/gpu_pretrain.sh \
 #     "b0_s1.5=--variant b0 --input-scale 1.5 --batch-size 32 --lr 0.001" \
 #     "b1_s1.5=--variant b1 --input-scale 1.5 --batch-size 32 --lr 0.001"
 set -euo pipefail
@@ -11,7 +11,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 : "${OUT:?set OUT}" "${SECONDS_EACH:=270}" "${THREADS:=4}"
 mkdir -p "$OUT"
 work=/tmp/pretrain && mkdir -p $work/logs
-python3 benchmarks/gpu_transfer.py unpack .gpu/external /tmp/external
+python3 experiments/gpu_transfer.py unpack .gpu/external /tmp/external
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $work/logs/gpu.txt
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   | tee -a $work/logs/gpu.txt

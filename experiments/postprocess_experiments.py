@@ -7,7 +7,7 @@ on the held-out tiles against every mark-up. The fold protocol holds:
 nothing about a held-out tile reaches the choice of its thresholds. Some variants also predict at another input
 scale than the checkpoint's. Last, it measures how the size of the CV's matched nuclei compares with the reference.
 
-    python benchmarks/postprocess_experiments.py --folds 0 1 4 --threads 2
+    python experiments/postprocess_experiments.py --folds 0 1 4 --threads 2
 
 Writes ``<out>/postprocess.json`` and ``<out>/postprocess.md``.
 """
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--cv", type=Path, default=Path("results/cv"))
     parser.add_argument("--cache", type=Path, default=Path("/tmp/pp_cache"))
-    parser.add_argument("--out", type=Path, default=Path("results/experiments/postprocess"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/postprocess"))
     parser.add_argument(
         "--data", default=None, help="raw release, build folder or .npz (default: the release)"
     )
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
         )
     bias = size_bias(args.cv, masks[MARKUP])
     args.out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(["python", "benchmarks/postprocess_experiments.py", *sys.argv[1:]])
+    command = shlex.join(["python", "experiments/postprocess_experiments.py", *sys.argv[1:]])
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
