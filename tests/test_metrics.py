@@ -1,29 +1,16 @@
 """cryonuseg_hf.evaluation.metrics and the evaluate module: golden values by hand, invariants, bad input, and agreement with
-the straightforward per-nucleus implementation (``benchmarks/bench_metrics.py``) on the 30 real tile pairs."""
+the straightforward per-nucleus implementation (``tests/reference_metric.py``) on the 30 real tile pairs."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_metric import reference_score_tile
 
 from cryonuseg_hf.evaluation.metrics import COUNTS, METRICS, as_label_image, score, score_tile
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_metrics.py"
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("bench_metrics", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference_score_tile = _load_benchmark().reference_score_tile
 
 
 def _expect(scores: dict, **expected: float) -> None:
