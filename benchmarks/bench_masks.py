@@ -4,8 +4,8 @@ Run: ``.venv/bin/python benchmarks/bench_masks.py [--source RELEASE] [--out resu
 ``results/mask_speed.md``. Timed, best of ``--repeats`` runs each:
 
 - ``rois.read_roi_set`` on all 90 ROI sets (~24k ROIs);
-- per (tile, mark-up) pair: ``masks.instance_masks``, ``masks.nuclei_borders`` for widths 1..10 from the nuclei
-  (rasterisation included) and from a label image, and ``masks.mask_variants`` (everything);
+- per (tile, mark-up) pair: ``masks.instance_masks``, ``mask_variants.nuclei_borders`` for widths 1..10 from the
+  nuclei (rasterisation included) and from a label image, and ``mask_variants.mask_variants`` (everything);
 - the totals over the 90 pairs, i.e. what a dataset build that regenerates borders (or everything) costs.
 """
 
@@ -32,7 +32,8 @@ def _best(function, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from cryonuseg_hf.core.machine import machine_description
-    from cryonuseg_hf.data.masks import instance_masks, mask_variants, nuclei_borders
+    from cryonuseg_hf.data.mask_variants import mask_variants, nuclei_borders
+    from cryonuseg_hf.data.masks import instance_masks
     from cryonuseg_hf.data.release import default_source, open_release
     from cryonuseg_hf.data.rois import read_roi_set
 

@@ -82,8 +82,9 @@ def relations(source: Path | None = None) -> dict[str, object]:
 
     from cryonuseg_hf.core.folds import TILE_IDS
     from cryonuseg_hf.data.builder import foreground_dice, nucleus_contrast, read_nuclei
-    from cryonuseg_hf.data.masks import own_label_fraction, read_mask
+    from cryonuseg_hf.data.readers import read_mask
     from cryonuseg_hf.data.release import default_source, open_release
+    from cryonuseg_hf.data.roi_checks import own_label_fraction
     from cryonuseg_hf.data.rois import Nucleus
 
     release = open_release(source or default_source())

@@ -81,7 +81,7 @@ def test_load_default_config_decodes_the_released_files(built_dataset, release):
     import tifffile
     from datasets import load_dataset
 
-    from cryonuseg_hf.data.masks import nuclei_borders
+    from cryonuseg_hf.data.mask_variants import nuclei_borders
 
     ds = load_dataset(str(built_dataset), split="train")
     assert ds.info.config_name == "annotator1_round2" and ds.num_rows == 30

@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="module")
 def annotated(release):
     """A real tile and its Annotator 1 round 2 instance labels (label masks modify)."""
-    from cryonuseg_hf.data.masks import read_mask
+    from cryonuseg_hf.data.readers import read_mask
     from cryonuseg_hf.model.images import read_image
 
     tile = "Human_Thymus_01"  # the most crowded tile: 666 nuclei, many touching

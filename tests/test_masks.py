@@ -6,18 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryonuseg_hf.data.masks import (
-    VARIANTS,
-    disk_footprint,
-    empty_nuclei,
-    hidden_nuclei,
-    instance_masks,
-    mask_variants,
-    nuclei_borders,
-    polygon_mask,
-    read_mask,
-    unet_weight_map,
-)
+from cryonuseg_hf.data.mask_variants import VARIANTS, mask_variants, nuclei_borders, unet_weight_map
+from cryonuseg_hf.data.masks import instance_masks, polygon_mask
+from cryonuseg_hf.data.morphology import disk_footprint
+from cryonuseg_hf.data.readers import read_mask
+from cryonuseg_hf.data.roi_checks import empty_nuclei, hidden_nuclei
 from cryonuseg_hf.data.rois import Nucleus, read_roi_set
 
 

@@ -326,7 +326,7 @@ def test_instances_from_stock_pipeline_output(release, checkpoint):
     """The stock pipeline's per-class masks -> instances; exercised on real annotations turned into classes."""
     from transformers import pipeline
 
-    from cryonuseg_hf.data.masks import read_mask
+    from cryonuseg_hf.data.readers import read_mask
     from cryonuseg_hf.data.targets import CLASS_NAMES, instances_to_classes
     from cryonuseg_hf.evaluation.metrics import score_tile
     from cryonuseg_hf.model.predict import instances_from_pipeline

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from roifile import ROI_TYPE, ImagejRoi, roiwrite
 
-from cryonuseg_hf.data.masks import check_nuclei
+from cryonuseg_hf.data.roi_checks import check_nuclei
 from cryonuseg_hf.data.rois import Nucleus, RoiError, polygon_area, read_roi_set, write_roi_set
 
 

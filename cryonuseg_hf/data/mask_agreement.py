@@ -1,7 +1,7 @@
 """Regenerated masks against the released ones: every tile, mark-up and released variant, in numbers.
 
 For each (tile, mark-up) pair the ROI set is read (:func:`cryonuseg_hf.data.rois.read_roi_set`), every variant is
-regenerated (:func:`cryonuseg_hf.data.masks.mask_variants`) and compared with the released file
+regenerated (:func:`cryonuseg_hf.data.mask_variants.mask_variants`) and compared with the released file
 (:func:`agreement_rows`, :func:`compare_variant`), and the numbers behind each MATLAB convention are measured
 (:func:`_tile_facts`). :mod:`cryonuseg_hf.reports.mask_report` writes them down (``cryonuseg-hf mask-report``).
 """
@@ -97,9 +97,10 @@ def _tile_facts(nuclei, variants: dict[str, np.ndarray], shape: tuple[int, int])
     """Per-tile numbers for the written explanation (conventions that could make the masks differ)."""
     from scipy import ndimage
 
-    from cryonuseg_hf.data import masks
+    from cryonuseg_hf.data.mask_variants import border_removed, distance_map, matlab_uint8, unet_weight_map
+    from cryonuseg_hf.data.roi_checks import empty_nuclei, hidden_nuclei
 
-    removed = masks.border_removed(nuclei, shape)
+    removed = border_removed(nuclei, shape)
     gt = np.where(removed > 0, 255.0, removed.astype(np.float64))
     gt_erode = ndimage.grey_erosion(
         gt, footprint=np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool), cval=np.inf
@@ -107,8 +108,8 @@ def _tile_facts(nuclei, variants: dict[str, np.ndarray], shape: tuple[int, int])
     facts: dict[str, object] = {
         "minus_two_pixels": int(np.count_nonzero(gt == -2)),
         "minus_two_pixels_erode": int(np.count_nonzero(gt_erode == -2)),
-        "hidden": masks.hidden_nuclei(nuclei, variants["label_masks_modify"]),
-        "empty": masks.empty_nuclei(nuclei, shape),
+        "hidden": hidden_nuclei(nuclei, variants["label_masks_modify"]),
+        "empty": empty_nuclei(nuclei, shape),
         "summed_values": int(np.unique(variants["label_masks"][variants["label_masks"] > 0]).size),
         "overlap_pixels": int(np.count_nonzero(variants["label_masks"] != variants["label_masks_modify"])),
     }
@@ -116,20 +117,20 @@ def _tile_facts(nuclei, variants: dict[str, np.ndarray], shape: tuple[int, int])
     for key, image in (("weighted_maps", gt), ("weighted_maps_erode", gt_erode)):
         if (image == -2).any():
             clean = np.maximum(image, 0)
-            weight = masks.unet_weight_map(clean)
-            alt = masks.matlab_uint8(weight * 255 / weight.max())
+            weight = unet_weight_map(clean)
+            alt = matlab_uint8(weight * 255 / weight.max())
             facts[f"{key}_without_minus_two_max_diff"] = int(
                 np.abs(alt.astype(int) - variants[key].astype(int)).max()
             )
             facts[f"{key}_without_minus_two_n_diff"] = int(np.count_nonzero(alt != variants[key]))
     # Distance maps: bwdist's single precision, and MATLAB's order (D / max) * 255 -- what ignoring each changes.
-    distance = masks.distance_map(nuclei, shape)
+    distance = distance_map(nuclei, shape)
     if distance.max() > 0:
         exact = distance.astype(np.float64)
-        double = masks.distance_map(nuclei, shape, dtype=np.float64)
+        double = distance_map(nuclei, shape, dtype=np.float64)
         alternatives = {
-            "distance_double_n_diff": masks.matlab_uint8((double / double.max()) * 255),
-            "distance_order_n_diff": masks.matlab_uint8(255 * exact / exact.max()),
+            "distance_double_n_diff": matlab_uint8((double / double.max()) * 255),
+            "distance_order_n_diff": matlab_uint8(255 * exact / exact.max()),
         }
         for key, other in alternatives.items():
             changed = other != variants["distance_maps"]
@@ -180,7 +181,9 @@ def agreement_rows(
         tile) the numbers behind the written explanation (ROI findings, hidden nuclei, timings, ...).
     """
     from cryonuseg_hf.core.tiles import TILE_SHAPE
-    from cryonuseg_hf.data.masks import check_nuclei, mask_variants, read_mask
+    from cryonuseg_hf.data.mask_variants import mask_variants
+    from cryonuseg_hf.data.readers import read_mask
+    from cryonuseg_hf.data.roi_checks import check_nuclei
     from cryonuseg_hf.data.rois import read_roi_set
 
     tiles = list(tiles) if tiles is not None else release.tile_ids

@@ -11,7 +11,8 @@ so ``label = index + 1`` reproduces the released label values.
 
 Nothing is dropped: a ROI that cannot be a nucleus (a line, a point) or cannot be decoded raises
 :class:`RoiError` naming the file and the member; a ROI that is degenerate (fewer than 3 distinct vertices,
-zero area) or reaches outside the tile is kept and reported by :func:`cryonuseg_hf.data.masks.check_nuclei`.
+zero area) or reaches outside the tile is kept and reported by
+:func:`cryonuseg_hf.data.roi_checks.check_nuclei`.
 """
 
 from __future__ import annotations

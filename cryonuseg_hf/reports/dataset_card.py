@@ -29,7 +29,7 @@ MASK_DEFINITIONS: dict[str, str] = {
     "weighted_maps_erode": "the released `weighted_maps_erode` PNG (uint8): the same for the eroded mask.",
     "nuclei_border_1 .. nuclei_border_10": "**regenerated** (the release lacks them): the authors' MATLAB "
     "generator writes `nuclei border/disk<k>` as `mask_binary - imerode(mask_binary, strel('disk', k))`; "
-    "recomputed from `instance_mask` by `cryonuseg_hf.data.masks.nuclei_borders`, stored as 0/255 PNG.",
+    "recomputed from `instance_mask` by `cryonuseg_hf.data.mask_variants.nuclei_borders`, stored as 0/255 PNG.",
 }
 
 METADATA_DEFINITIONS: dict[str, str] = {

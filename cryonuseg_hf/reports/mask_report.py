@@ -1,7 +1,7 @@
 """How closely the Python masks reproduce the released ones: every tile, mark-up and released variant.
 
 For each of the 90 (tile, mark-up) pairs the ROI set is read (:func:`cryonuseg_hf.data.rois.read_roi_set`), every
-variant is regenerated (:func:`cryonuseg_hf.data.masks.mask_variants`) and compared with the released file:
+variant is regenerated (:func:`cryonuseg_hf.data.mask_variants.mask_variants`) and compared with the released file:
 
 - all variants: pixel agreement (fraction of equal pixels), number of differing pixels, max and mean absolute
   difference (in the released encoding: label values for the uint16 TIFFs, 0..255 for the PNGs);
@@ -77,7 +77,7 @@ def write_markdown(
         "Per-tile numbers: `results/mask_agreement.csv` (one row per tile, mark-up and released variant).",
         "",
         "Each ROI set is read with `cryonuseg_hf.data.rois.read_roi_set`, every variant is regenerated with "
-        "`cryonuseg_hf.data.masks.mask_variants` (a Python port of the authors' `masks_generator.m` / `unetwmap.m` "
+        "`cryonuseg_hf.data.mask_variants.mask_variants` (a Python port of the authors' `masks_generator.m` / `unetwmap.m` "
         "from `masih4/CryoNuSeg`) and compared with the released file in its released encoding: uint16 label "
         "values for the `label masks*` TIFFs, uint8 0..255 for the PNGs. The float maps are quantised exactly as "
         "the generator does: distance maps `im2uint8(D / max(D))` = `round((D / max D) * 255)`, weighted maps "
@@ -244,7 +244,7 @@ def _explanation(facts: dict[tuple[str, str], dict[str, object]], markups: Seque
         "**Nuclei borders (not in the release).** `masks_generator.m` also writes `nuclei border/disk1..10`: "
         "`mask_binary - imerode(mask_binary, strel('disk', k))`. For k >= 3 MATLAB's `strel('disk', k)` is not "
         "a Euclidean disk but its default N = 4 approximation (four periodic lines, plus a horizontal and a "
-        "vertical line when they fall short); the port builds the same decomposition (`masks.disk_decomposition`) "
+        "vertical line when they fall short); the port builds the same decomposition (`morphology.disk_decomposition`) "
         "and erodes with outside-the-image counted as foreground, as `imerode` pads. Using exact Euclidean disks "
         "instead would change "
         + ", ".join(f"{border[k]} pixels for k = {k}" for k in (3, 5, 10))

@@ -96,7 +96,7 @@ def label_pair(release):
     """A real reference (annotator1_round2) and prediction (annotator2) of Human_Skin_01, cropped to 96 x 96."""
     from skimage.segmentation import relabel_sequential
 
-    from cryonuseg_hf.data.masks import read_mask
+    from cryonuseg_hf.data.readers import read_mask
 
     crop = (slice(200, 296), slice(200, 296))
     reference = read_mask(
@@ -159,7 +159,7 @@ def test_load_dataset_lossless_instance_mask(one_config_build, release):
     """load_dataset gives back the released uint16 label mask bit for bit."""
     from datasets import load_dataset
 
-    from cryonuseg_hf.data.masks import read_mask
+    from cryonuseg_hf.data.readers import read_mask
 
     rows = load_dataset(
         str(one_config_build), "annotator2", split="train", columns=["tile_id", "instance_mask"]
