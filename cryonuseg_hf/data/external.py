@@ -2,7 +2,7 @@
 
 A pretraining folder holds ``images/<stem>.png`` (RGB), ``labels/<stem>.png`` (integer instance labels,
 0 = background, same stem and size) and optionally ``ignore/<stem>.png`` (non-zero = ambiguous area, left out
-of the loss), the layout of ``../shared/datasets/external/*``. None of it is a CryoNuSeg tile, so one model
+of the loss), the layout of the external collection (``$CRYONUSEG_EXTERNAL``). None of it is a CryoNuSeg tile, so one model
 pretrained on it can start every fold without breaking the fold protocol.
 
 Images of any size of at least the window are cut into square windows that cover them (a 1000-pixel side gives

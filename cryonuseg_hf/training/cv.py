@@ -1,20 +1,13 @@
 """SegFormer training with the leave-one-organ-out fold protocol: pretraining, folds, the CV and the final model.
 
 The data come from :mod:`cryonuseg_hf.training.data`, the loop from :mod:`cryonuseg_hf.training.loop`, the
-recipe from :mod:`cryonuseg_hf.training.config`; the CV's results files are written by
-:mod:`cryonuseg_hf.reports.cv`. The shipped recipe: a start point pretrained on other 40x nuclei data
-(:mod:`cryonuseg_hf.data.external`) in two stages, the first on a 2-core CPU (67 min), the second on a lent GPU
-(4 min; ``benchmarks/gpu_pretrain.sh``, which carries the data there with ``benchmarks/gpu_transfer.py``), then
-every fold and the final model fine-tuned from it on the CPU (about 4 minutes each)::
+recipe from :mod:`cryonuseg_hf.training.config` (named recipes in ``training/recipes/``); the CV's results files
+are written by :mod:`cryonuseg_hf.reports.cv`. A model is made in two steps: a start point pretrained on other 40x
+nuclei data (:mod:`cryonuseg_hf.data.external`), then every fold and the final model fine-tuned from it::
 
-    cryonuseg-hf pretrain --data ../shared/datasets/external/monuseg_train \
-        --data ../shared/datasets/external/nuinsseg_human_spleen --out results/pretrained --input-scale 1 \
-        --boundary-width 2 --bf16 --batch-size 8 --crop 128 --steps 14000 --warmup 200
-    cryonuseg-hf pretrain --data ... --out results/pretrained_gpu --init results/pretrained --input-scale 1 \
-        --boundary-width 2 --batch-size 32 --crop 128 --lr 0.0005 --warmup 200 --steps 4981 --device cuda
-    cryonuseg-hf train --cv --final --init results/pretrained_gpu --input-scale 1.5 --boundary-width 2 --bf16 \
-        --batch-size 8 --crop 128 --warmup 30 --steps 300 --lr 0.0003 --contact-weight 5 --contact-radius 2 \
-        --all-markups
+    cryonuseg-hf pretrain --recipe segformer-b0-pretrain --out results/pretrained \
+        --data $CRYONUSEG_EXTERNAL/monuseg_train --data $CRYONUSEG_EXTERNAL/nuinsseg_human_spleen
+    cryonuseg-hf train --cv --final --recipe segformer-b0-cryonuseg
     cryonuseg-hf model-card
 
 Every run is resumable: the training state is saved every ``--save-every`` seconds and a restarted command
@@ -22,8 +15,8 @@ continues from it; ``--cv`` keeps the folds it finished with the same recipe. Ea
 ``results/cv/models/fold_K`` (git-ignored), and its held-out tiles are predicted from that checkpoint by
 :func:`cryonuseg_hf.model.predict.predict_instances`, the function users call.
 
-On a GPU the same commands take ``--device cuda``; ``train --pack .gpu/cryonuseg_tiles.npz`` packs the tiles
-into one file to carry there (``.gpu/`` is git-ignored). ``--max-seconds`` times steps 10-30 and cuts the cosine
+On a GPU the same commands take ``--device cuda``; ``train --pack tiles.npz`` packs the tiles and every mark-up
+into one file that ``--data tiles.npz`` reads on another machine. ``--max-seconds`` times steps 10-30 and cuts the cosine
 schedule to fit a wall-clock budget per model; the steps actually run are recorded.
 
 A held-out tile can never reach training: :func:`~cryonuseg_hf.training.data.training_indices` raises if one

@@ -25,7 +25,7 @@ def load_tiles(data: str | Path | None = None, markups: tuple[str, ...] = MARKUP
     Args:
         data: a raw release folder or zip, turned into the project's ``datasets`` build first; a folder written
             by ``cryonuseg-hf build`` (read with ``load_dataset``); or a ``.npz`` written by :func:`pack_tiles`.
-            None = the default raw release (``$CRYONUSEG_DATA`` or ``../shared/datasets/cryonuseg``).
+            None = the default raw release (``$CRYONUSEG_DATA``).
         markups: the mark-ups whose instance masks to load.
     """
     from cryonuseg_hf.data.release import default_source
