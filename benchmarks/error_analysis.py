@@ -33,7 +33,7 @@ from cryonuseg_hf.core.folds import TILE_IDS
 from cryonuseg_hf.core.markdown import table
 from cryonuseg_hf.data.release import MARKUPS
 from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import overlap_table
-from cryonuseg_hf.evaluation.score import read_prediction_labels
+from cryonuseg_hf.evaluation.predictions import read_prediction_labels
 from cryonuseg_hf.training.data import load_tiles
 
 REFERENCE = "annotator1_round2"

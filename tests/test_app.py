@@ -287,9 +287,9 @@ def _save_screenshot(png: bytes, tmp_path: Path) -> Path:
 @needs_checkpoint
 def test_browser_upload_count_downloads_and_warning(app_url, browser, predictor, tmp_path):
     from cryonuseg_hf import predict_instances
+    from cryonuseg_hf.data.outlines import read_geojson_labels, read_roiset_labels
     from cryonuseg_hf.data.rois import read_roi_set
     from cryonuseg_hf.evaluation.metrics import score_tile
-    from cryonuseg_hf.evaluation.score import read_geojson, read_roiset
     from cryonuseg_hf.model.export import write_overlay
     from cryonuseg_hf.model.images import read_image
 
@@ -333,7 +333,7 @@ def test_browser_upload_count_downloads_and_warning(app_url, browser, predictor,
     with open(downloads["csv"], newline="") as handle:
         assert sorted(int(r["label"]) for r in csv.DictReader(handle)) == list(range(1, count + 1))
     # the outlines rasterise back to the same nuclei, as the dataset's masks are made from ROIs
-    for labels in (read_geojson(downloads["geojson"]), read_roiset(downloads["rois"])):
+    for labels in (read_geojson_labels(downloads["geojson"]), read_roiset_labels(downloads["rois"])):
         scores = score_tile(expected, labels)
         assert len(np.unique(labels)) - 1 == count and scores["pq"] > 0.99
 

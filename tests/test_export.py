@@ -132,7 +132,8 @@ def test_outputs_never_overwritten_silently(tmp_path):
 
 
 def test_empty_and_tiny_instances():
-    from cryonuseg_hf.model.export import geojson_features, instance_polygons, nucleus_measurements
+    from cryonuseg_hf.data.outlines import geojson_features, instance_polygons
+    from cryonuseg_hf.model.export import nucleus_measurements
 
     image = np.zeros((1, 1, 3), np.uint8)
     assert nucleus_measurements(np.zeros((1, 1), np.int32), image) == []
@@ -146,7 +147,7 @@ def test_self_touching_shapes_become_valid_polygons():
     """Pixels joined only at a corner would make a bow-tie outline, which QuPath rejects."""
     from shapely.geometry import Polygon
 
-    from cryonuseg_hf.model.export import instance_polygons
+    from cryonuseg_hf.data.outlines import instance_polygons
 
     labels = np.zeros((8, 8), np.int32)
     labels[1:3, 1:3] = 1

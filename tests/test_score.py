@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 
 from cryonuseg_hf.data.masks import instance_masks
+from cryonuseg_hf.data.outlines import geojson_outlines, rasterise_outlines, read_geojson_labels
 from cryonuseg_hf.data.rois import Nucleus
-from cryonuseg_hf.evaluation.score import (
-    geojson_outlines,
-    match_files,
-    rasterise_outlines,
-    read_geojson,
-    read_prediction,
-    score_folder,
-    tile_id_in,
-)
+from cryonuseg_hf.evaluation.predictions import match_files, read_prediction, tile_id_in
+from cryonuseg_hf.evaluation.score import score_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CV = REPO / "results" / "cv"
@@ -181,7 +175,7 @@ def test_geojson_polygons_are_rasterised_by_the_datasets_own_rasteriser(tmp_path
     expected = np.zeros(SHAPE, np.int32)
     expected[_poly2mask(first)] = 1
     expected[_poly2mask(second)] = 2
-    got = read_geojson(path, SHAPE)
+    got = read_geojson_labels(path, SHAPE)
     assert np.array_equal(got, expected)
     assert (got == 1).sum() == 25 - 4 and (got == 2).sum() == 25
 
@@ -204,7 +198,7 @@ def test_multipolygons_share_a_label_and_holes_are_cleared(tmp_path):
             "nucleusGeometry": {"type": "Polygon", "coordinates": [_square(12.5, 0.5, 2)]},
         },
     ]
-    got = read_geojson(_geojson(tmp_path / "t.geojson", features), SHAPE)
+    got = read_geojson_labels(_geojson(tmp_path / "t.geojson", features), SHAPE)
     expected = np.zeros(SHAPE, np.int32)
     expected[_poly2mask(outer) & ~_poly2mask(hole)] = 2
     expected[_poly2mask(far)] = 2
@@ -231,19 +225,19 @@ def test_geojson_layouts_and_object_types():
 def test_bad_geojson_names_the_file_and_the_feature(tmp_path):
     point = _geojson(tmp_path / "p.geojson", [_feature({"type": "Point", "coordinates": [3, 3]})])
     with pytest.raises(ValueError, match=f"{point}: feature 0: geometry 'Point'"):
-        read_geojson(point, SHAPE)
+        read_geojson_labels(point, SHAPE)
     broken = tmp_path / "b.geojson"
     broken.write_text('{"type": "FeatureCollection", ')
     with pytest.raises(ValueError, match=f"{broken}: not a readable JSON file"):
-        read_geojson(broken, SHAPE)
+        read_geojson_labels(broken, SHAPE)
     elsewhere = _geojson(
         tmp_path / "w.geojson", [_feature({"type": "Polygon", "coordinates": [_square(9000, 50, 8)]})]
     )
     with pytest.raises(ValueError, match=f"{elsewhere}: every outline lies outside the 16x16 tile"):
-        read_geojson(elsewhere, SHAPE)
+        read_geojson_labels(elsewhere, SHAPE)
     nonsense = _geojson(tmp_path / "n.geojson", [_feature({"type": "Polygon", "coordinates": [["a", "b"]]})])
     with pytest.raises(ValueError, match=f"{nonsense}: feature 0: ring 0"):
-        read_geojson(nonsense, SHAPE)
+        read_geojson_labels(nonsense, SHAPE)
 
 
 def test_roisets_read_as_the_dataset_masks_are_made(tmp_path):
@@ -271,11 +265,12 @@ def test_roisets_read_as_the_dataset_masks_are_made(tmp_path):
 
 def _export(labels: np.ndarray, image: np.ndarray, folder: Path, tile: str) -> None:
     """The files `cryonuseg-hf predict` writes for a nucleus map: QuPath GeoJSON and the ImageJ RoiSet."""
-    from cryonuseg_hf.model.export import instance_polygons, nucleus_measurements, write_geojson, write_rois
+    from cryonuseg_hf.data.outlines import instance_polygons, write_geojson, write_roiset
+    from cryonuseg_hf.model.export import nucleus_measurements
 
     polygons, measurements = instance_polygons(labels), nucleus_measurements(labels, image)
     write_geojson((folder / "geojson").joinpath(f"{tile}.geojson"), polygons, measurements)
-    write_rois((folder / "roiset").joinpath(f"{tile}_RoiSet.zip"), polygons, measurements)
+    write_roiset((folder / "roiset").joinpath(f"{tile}_RoiSet.zip"), polygons, measurements)
 
 
 def test_exported_geojson_and_roisets_score_as_the_label_images(tmp_path, release, cv_predictions):
@@ -420,12 +415,3 @@ def test_cli_writes_the_reports_and_fails_clearly(tmp_path, release_path, cv_pre
     (folder / "Human_Larynx_01.png").write_bytes(b"\x89PNG broken")
     assert main([*argv, "--overwrite"]) == 2
     assert f"{folder / 'Human_Larynx_01.png'}: not a readable image" in capsys.readouterr().err
-
-
-def test_docstring_examples():
-    import doctest
-
-    import cryonuseg_hf.evaluation.score
-
-    result = doctest.testmod(cryonuseg_hf.evaluation.score, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 5 and result.failed == 0

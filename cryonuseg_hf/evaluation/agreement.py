@@ -1,6 +1,7 @@
 """Human agreement on CryoNuSeg: the three mark-ups scored against each other, the yardstick for any model.
 
-Two comparisons, on all 30 tiles, with the released ``label masks modify`` instance masks of each mark-up:
+The one place it is computed. Two comparisons, on all 30 tiles, with the released ``label masks modify`` instance
+masks of each mark-up (:func:`human_agreement`, written by ``cryonuseg-hf agreement``):
 
 - ``intra_observer``: Annotator 1's second round as reference, their first round as prediction;
 - ``inter_observer``: Annotator 1's second round as reference, Annotator 2 as prediction.
@@ -9,6 +10,10 @@ Annotator 1 round 2 is the reference in both because that orientation reproduces
 paper (Mahbod et al., 2021): AJI 0.605 / PQ 0.570 intra-observer and 0.525 / 0.493 inter-observer, means over
 tiles. The orientation matters for AJI only (AJI pairs each *reference* nucleus with a prediction; Dice, AJI+ and
 PQ are symmetric); :func:`orientations` scores every ordered pair of mark-ups to show it.
+
+Beside a model's scores (``cryonuseg-hf score``, and so the CV's report) the agreement is taken on exactly the
+tiles the model was scored on: :func:`markup_pairs` scores every other mark-up against each reference, and
+:func:`observer_comparisons` picks the two comparisons above out of such a table.
 The report files (``human_agreement.json``, ``.md``, ``_per_tile.csv``) are written by
 :func:`cryonuseg_hf.reports.agreement.write_agreement`.
 
@@ -21,6 +26,7 @@ The report files (``human_agreement.json``, ``.md``, ``_per_tile.csv``) are writ
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,6 +102,66 @@ def compare_markups(reference: dict[str, np.ndarray], prediction: dict[str, np.n
             row["tile_id"]: {"organ": row["organ"], **{k: row[k] for k in (*METRICS, *COUNTS)}}
             for row in result["per_tile"]
         },
+    }
+
+
+def observer_relation(reference: str, other: str) -> str:
+    """``intra-observer`` for two rounds of one annotator, else ``inter-observer``.
+
+    >>> observer_relation("annotator1_round2", "annotator1_round1"), observer_relation("annotator2", "annotator1_round1")
+    ('intra-observer', 'inter-observer')
+    """
+    return "intra-observer" if reference.split("_")[0] == other.split("_")[0] else "inter-observer"
+
+
+def markup_pairs(
+    masks: Mapping[str, Mapping[str, np.ndarray]], references: Sequence[str], tiles: Sequence[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every other mark-up of ``masks`` scored as a prediction against each reference mark-up, on ``tiles``.
+
+    Args:
+        masks: mark-up -> tile id -> instance labels.
+        references: the reference mark-ups.
+        tiles: the tiles to compare on.
+
+    Returns:
+        reference -> other mark-up -> ``relation`` (:func:`observer_relation`) and the result of
+        :func:`compare_markups`.
+    """
+    pairs: dict[str, dict[str, dict[str, Any]]] = {}
+    for reference in references:
+        pairs[reference] = {}
+        for other in masks:
+            if other == reference:
+                continue
+            result = compare_markups(
+                {t: masks[reference][t] for t in tiles}, {t: masks[other][t] for t in tiles}
+            )
+            pairs[reference][other] = {"relation": observer_relation(reference, other), **result}
+    return pairs
+
+
+def observer_comparisons(pairs: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The intra- and inter-observer comparisons (:data:`COMPARISONS`) out of mark-ups scored against each other.
+
+    Args:
+        pairs: reference -> other mark-up -> its scores, as :func:`markup_pairs` returns them or as the ``human``
+            of a ``cryonuseg-hf score`` report holds them.
+
+    Returns:
+        comparison name -> ``reference``, ``prediction`` and the scores of that pair.
+
+    Raises:
+        ValueError: a comparison's pair is missing (not every mark-up was loaded).
+    """
+    missing = [f"{p} vs {r}" for r, p in COMPARISONS.values() if p not in pairs.get(r, {})]
+    if missing:
+        raise ValueError(
+            f"the human agreement needs every mark-up: no scores of {', '.join(missing)}; load all three"
+        )
+    return {
+        name: {"reference": reference, "prediction": prediction, **pairs[reference][prediction]}
+        for name, (reference, prediction) in COMPARISONS.items()
     }
 
 
