@@ -30,7 +30,8 @@ from cryonuseg_hf import TILE_IDS
 from cryonuseg_hf.data.metadata import read_slide_metadata
 from cryonuseg_hf.data.release import default_source, open_release
 from cryonuseg_hf.model.images import read_image
-from cryonuseg_hf.model.wsi import MODEL_MPP, write_pyramid
+from cryonuseg_hf.model.slides.pyramid import write_pyramid
+from cryonuseg_hf.model.slides.reader import MODEL_MPP
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 

@@ -33,8 +33,8 @@ import numpy as np
 
 from cryonuseg_hf.core.paths import EXAMPLES_PATH
 from cryonuseg_hf.core.tiles import TILE_SIZE
-from cryonuseg_hf.model.images import tissue_problem
 from cryonuseg_hf.model.predict import MARGIN
+from cryonuseg_hf.model.tissue import tissue_problem
 
 APP_MAX_PIXELS = 4096 * 4096
 """Largest upload the app predicts: 169 windows of 512 px, at about 0.5 s each on two CPU cores (--max-pixels)."""
@@ -55,7 +55,7 @@ _KEEP_REQUEST_SECONDS = 3600  # request folders older than this are removed when
 def input_warnings(image: np.ndarray) -> list[str]:
     """What about an image is not what the model was trained on (512x512 H&E frozen-section tiles at 40x).
 
-    Too small is judged here; black, blank, grey and unstained by :func:`cryonuseg_hf.model.images.tissue_problem`,
+    Too small is judged here; black, blank, grey and unstained by :func:`cryonuseg_hf.model.tissue.tissue_problem`,
     the rule with which ``cryonuseg-hf predict`` refuses such images (the app predicts them, and warns).
 
     Args:

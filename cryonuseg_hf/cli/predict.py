@@ -83,7 +83,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from cryonuseg_hf.model.predict import ensure_writable_folder, load_predictor, predict_files
-    from cryonuseg_hf.model.wsi import is_slide, parse_roi, predict_slide
+    from cryonuseg_hf.model.slides.predict import predict_slide
+    from cryonuseg_hf.model.slides.reader import is_slide
+    from cryonuseg_hf.model.slides.roi import parse_roi
 
     ensure_writable_folder(args.output)
     roi = parse_roi(args.roi) if args.roi else None

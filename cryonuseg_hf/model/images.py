@@ -1,4 +1,4 @@
-"""Reading H&E images: a PNG, JPEG or TIFF file (or an array) -> (H, W, 3) uint8 RGB, and whether it looks like tissue.
+"""Reading H&E images: a PNG, JPEG or TIFF file (or an array) -> (H, W, 3) uint8 RGB.
 
 Grey, RGBA, palette and 16-bit images are converted and the conversion is logged; anything else is an error that
 names the file. The size is checked from the file header before any pixel is decoded.
@@ -19,8 +19,6 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_PIXELS = 2**28
 """Largest image accepted (16384 x 16384): beyond it, cut the image first (whole slides need a slide reader)."""
-MIN_TISSUE_FRACTION = 0.25
-"""Below this fraction of content (or stained) pixels an image is not treated as a tissue image."""
 
 
 def as_rgb8(image: Any, name: str = "image") -> np.ndarray:
@@ -328,41 +326,3 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             found.append(path)
     return found
-
-
-def tissue_problem(image: np.ndarray) -> str | None:
-    """Why an image is not an H&E tissue image the model can read, or None when it looks like one.
-
-    The model turns anything into "nuclei", so a black, blank, grey or unstained image yields plausible
-    nonsense (an all-black tile gave one nucleus covering a third of it). Thresholds, measured on the 30
-    CryoNuSeg tiles (the same as :mod:`cryonuseg_hf.apps.app` warns with): a pixel is content when the mean of its
-    R, G, B is below 220 (71 % to 100 % of each tile) and stained when max - min of R, G, B is above 15 as well
-    (67.5 % to 100 %); the darkest tile's mean brightness is 89; the least coloured tile's median max - min
-    over its content is 36.
-
-    >>> tissue_problem(np.zeros((64, 64, 3), np.uint8))
-    'almost black (mean brightness 0 of 255; the darkest CryoNuSeg tile has 89)'
-    >>> tissue_problem(np.full((64, 64, 3), 250, np.uint8))
-    'blank: 100 % of it is white background or glass (at most 29 % in the CryoNuSeg tiles)'
-    """
-    rgb = image.astype(np.int16)
-    luminance = rgb.mean(axis=2)
-    chroma = rgb.max(axis=2) - rgb.min(axis=2)
-    content = luminance < 220
-    if luminance.mean() < 60:
-        return (
-            f"almost black (mean brightness {luminance.mean():.0f} of 255; the darkest CryoNuSeg tile has 89)"
-        )
-    if content.mean() < MIN_TISSUE_FRACTION:
-        return (
-            f"blank: {100 * (1 - content.mean()):.0f} % of it is white background or glass "
-            "(at most 29 % in the CryoNuSeg tiles)"
-        )
-    if np.median(chroma[content]) < 5:
-        return (
-            "grey: it has almost no colour, and the model reads H&E staining (purple nuclei on pink tissue)"
-        )
-    stained = (content & (chroma > 15)).mean()
-    if stained < MIN_TISSUE_FRACTION:
-        return f"unstained: only {100 * stained:.0f} % of it looks like stained tissue (at least 67 % in every tile)"
-    return None

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from cryonuseg_hf.core.tiles import TILE_SIZE
-from cryonuseg_hf.model.images import MAX_PIXELS, as_rgb8, find_images, read_image, tissue_problem
+from cryonuseg_hf.model.images import MAX_PIXELS, as_rgb8, find_images, read_image
 from cryonuseg_hf.model.segformer import resolve_device
+from cryonuseg_hf.model.tissue import tissue_problem
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,179 @@
+"""A slide's nuclei, streamed block by block, each nucleus exactly once, in level-0 coordinates.
+
+The slide is cut into blocks with :func:`cryonuseg_hf.model.tiling.tile_grid` (blocks of ``block_size`` whose
+windows add ``margin`` pixels of context); each block whose core holds tissue is read and labelled by
+:func:`cryonuseg_hf.model.tiling.predict_tiled` (tiles without tissue pixels skip the model), and keeps the nuclei
+whose centroid lies in its core (:func:`cryonuseg_hf.model.tiling.owned_nuclei`): the same ownership rule one
+level up, so nuclei are neither cut nor duplicated at block edges, and memory holds one block, not the slide.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cryonuseg_hf.data.outlines import XY_OFFSET, geojson_features, instance_polygons
+from cryonuseg_hf.model.export import nucleus_measurements, roi_names
+from cryonuseg_hf.model.slides.reader import Slide, read_model_region
+from cryonuseg_hf.model.slides.roi import Roi, roi_contains
+from cryonuseg_hf.model.slides.tissue_map import TissueMap
+from cryonuseg_hf.model.tiling import owned_nuclei, predict_tiled, tile_grid
+from cryonuseg_hf.model.tissue import has_tissue
+
+BLOCK_SIZE = 2048
+"""Side of a block in model pixels: memory holds one block window (~50 MB) and its labels."""
+
+
+@dataclass
+class SlideStats:
+    """What :func:`slide_nuclei` did, filled in as it goes."""
+
+    blocks: int = 0
+    blocks_with_tissue: int = 0
+    tiles_run: int = 0
+    tiles_skipped: int = 0
+    nuclei: int = 0
+    duplicates_dropped: int = 0
+    shared_pixels: int = 0
+    touching_cut_edge: int = 0
+
+
+@dataclass(frozen=True)
+class BlockNuclei:
+    """The nuclei one block owns, ready to write.
+
+    Attributes:
+        records: one dict per nucleus with the columns of
+            :data:`cryonuseg_hf.model.slides.outputs.SLIDE_COLUMNS` (level-0 pixels, global ``label``).
+        features: the QuPath GeoJSON features, in the same order.
+        window: (rows, cols) slices of the block's window in model pixels.
+        labels: the window's labels of the owned nuclei, global ids (0 elsewhere).
+    """
+
+    records: list[dict]
+    features: list[dict]
+    window: tuple[slice, slice]
+    labels: np.ndarray = field(repr=False)
+
+
+def slide_nuclei(
+    slide: Slide,
+    predict_tile: Callable[[np.ndarray], np.ndarray],
+    tissue: TissueMap,
+    *,
+    tile_size: int = 512,
+    margin: int = 64,
+    align: int = 1,
+    block_size: int = BLOCK_SIZE,
+    roi: Roi | None = None,
+    stats: SlideStats | None = None,
+    progress: bool = False,
+) -> Iterator[BlockNuclei]:
+    """Stream the nuclei of a slide, block by block, each nucleus exactly once.
+
+    Args:
+        slide: from :func:`~cryonuseg_hf.model.slides.reader.open_slide`.
+        predict_tile: RGB window (model pixels) -> (h, w) integer instance labels.
+        tissue: from :func:`~cryonuseg_hf.model.slides.tissue_map.tissue_map`; blocks whose core holds none are not read.
+        tile_size, margin, align: as in :func:`cryonuseg_hf.model.tiling.predict_tiled`, for the tiles of a block.
+        block_size: side of a block in model pixels (a multiple of ``align`` keeps blocks on the grid).
+        roi: (x, y, width, height) in level-0 pixels: only nuclei whose centroid lies inside are kept.
+        stats: filled in as blocks are done.
+        progress: a progress bar over blocks, with the nuclei found so far.
+
+    Yields:
+        :class:`BlockNuclei` for every block with tissue.
+    """
+    from tqdm.auto import tqdm
+
+    stats = stats if stats is not None else SlideStats()
+    blocks = tile_grid(slide.shape, tile_size=block_size, margin=margin, align=align)
+    per_tissue = (tissue.per_level0[0] / slide.per_level0[0], tissue.per_level0[1] / slide.per_level0[1])
+    todo = [b for b in blocks if _core_has_tissue(b.core, tissue.mask, per_tissue)]
+    stats.blocks, stats.blocks_with_tissue = len(blocks), len(todo)
+    model_mpp = slide.model_mpp
+
+    def predict_or_skip(window: np.ndarray) -> np.ndarray:
+        if not has_tissue(window, model_mpp):
+            stats.tiles_skipped += 1
+            return np.zeros(window.shape[:2], np.int32)
+        stats.tiles_run += 1
+        return predict_tile(window)
+
+    bar = tqdm(todo, desc=f"{slide.path.name}", unit="block", disable=not progress)
+    for block in bar:
+        rows, cols = block.window
+        image = read_model_region(slide, rows, cols)
+        tiled: dict = {}
+        labels = predict_tiled(
+            image, predict_or_skip, tile_size=tile_size, margin=margin, align=align, stats=tiled
+        )
+        for key in ("duplicates_dropped", "shared_pixels", "touching_cut_edge"):
+            setattr(stats, key, getattr(stats, key) + tiled.get(key, 0))
+        owned = owned_nuclei(labels, (rows.start, cols.start), block.core)
+        records, features, global_labels = _block_records(
+            slide, image, labels, owned, block.window, roi, stats
+        )
+        bar.set_postfix(nuclei=stats.nuclei, refresh=False)
+        if records:
+            yield BlockNuclei(records, features, block.window, global_labels)
+    bar.close()
+
+
+def _core_has_tissue(core: tuple[slice, slice], mask: np.ndarray, per_model: tuple[float, float]) -> bool:
+    rows, cols = core
+    return bool(
+        mask[
+            math.floor(rows.start * per_model[1]) : math.ceil(rows.stop * per_model[1]),
+            math.floor(cols.start * per_model[0]) : math.ceil(cols.stop * per_model[0]),
+        ].any()
+    )
+
+
+def _to_level0(value: np.ndarray | float, origin: int, per_level0: float) -> np.ndarray | float:
+    """A coordinate of a window (export convention) -> the same point in level-0 coordinates.
+
+    The model pixel ``j`` covers level-0 ``[j / f, (j + 1) / f)``; in the export convention a point ``p`` lies
+    at ``p - XY_OFFSET + 0.5`` of the continuous frame, in both frames.
+    """
+    return (value + origin - XY_OFFSET + 0.5) / per_level0 + XY_OFFSET - 0.5
+
+
+def _block_records(slide, image, labels, owned, window, roi, stats):
+    """The CSV records, GeoJSON features and global labels of the nuclei a block owns (inside ``roi``)."""
+    if owned.size == 0:
+        return [], [], None
+    mine = np.where(np.isin(labels, owned), labels, 0)
+    measurements = nucleus_measurements(mine, image)
+    polygons = instance_polygons(mine)
+    (r0, c0), (fx, fy) = (window[0].start, window[1].start), slide.per_level0
+    length, area = 1.0 / math.sqrt(fx * fy), 1.0 / (fx * fy)
+    records, rings, relabel = [], {}, np.zeros(int(labels.max()) + 1, np.int64)
+    for record in measurements:
+        x, y = _to_level0(record["centroid_x"], c0, fx), _to_level0(record["centroid_y"], r0, fy)
+        if roi is not None and not roi_contains(roi, x - XY_OFFSET + 0.5, y - XY_OFFSET + 0.5):
+            continue
+        stats.nuclei += 1
+        out = dict(record, label=stats.nuclei, centroid_x=round(x, 3), centroid_y=round(y, 3))
+        relabel[record["label"]] = stats.nuclei
+        out["bbox_x"] = round(_to_level0(record["bbox_x"], c0, fx), 3)
+        out["bbox_y"] = round(_to_level0(record["bbox_y"], r0, fy), 3)
+        if (fx, fy) != (1.0, 1.0):
+            out["bbox_width"] = round(record["bbox_width"] / fx, 3)
+            out["bbox_height"] = round(record["bbox_height"] / fy, 3)
+            out["area_px"] = round(record["area_px"] * area, 3)
+            for key in ("perimeter_px", "equivalent_diameter_px", "major_axis_px", "minor_axis_px"):
+                out[key] = round(record[key] * length, 3)
+        out["area_um2"] = round(out["area_px"] * slide.mpp[0] * slide.mpp[1], 3)
+        if record["label"] in polygons:
+            ring = polygons[record["label"]]
+            rings[stats.nuclei] = np.stack(
+                [_to_level0(ring[:, 0], c0, fx), _to_level0(ring[:, 1], r0, fy)], axis=1
+            )
+        records.append(out)
+    for record, name in zip(records, roi_names(records), strict=True):
+        record["roi_name"] = name
+    return records, geojson_features(rings, records), relabel[mine].astype(np.uint32)

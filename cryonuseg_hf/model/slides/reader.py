@@ -1,0 +1,227 @@
+"""Opening a whole-slide image and reading it in the model's frame.
+
+:func:`open_slide`: an Aperio SVS, Hamamatsu NDPI, Leica SCN, Ventana BIF or pyramidal TIFF -> a :class:`Slide`.
+The reader is ``tiffslide`` (a pure-Python reader on ``tifffile``, the TIFF engine the package already writes and
+reads with; it reads pyramids stored as SubIFDs, which OpenSlide's generic-TIFF driver does not, and needs no
+native library). The slide's µm/px comes from its metadata (or ``mpp``); the level read for the model is the one
+closest to the model's ``MODEL_MPP``, used as it is when within ``MPP_TOLERANCE`` and resampled to ``MODEL_MPP``
+otherwise (:func:`read_model_region`). Truncated files, one-level files, slides without µm/px and unsupported
+formats are errors that name the file and the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryonuseg_hf.model.images import as_rgb8
+
+logger = logging.getLogger(__name__)
+
+MODEL_MPP = 0.2505
+"""µm per pixel the model was trained at: the median over the TCGA slides the CryoNuSeg tiles were cut from
+(``microns_per_pixel`` in ``Selected_WSIs.xlsx``: 29 slides, 0.2265..0.254; Human_Testes_01's is missing)."""
+MPP_TOLERANCE = 0.1
+"""A level within 10 % of ``MODEL_MPP`` is read as it is; otherwise it is resampled to ``MODEL_MPP``."""
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif")
+"""Always slides; a ``.tif``/``.tiff`` is a slide when it holds a pyramid (see :func:`is_slide`)."""
+UNSUPPORTED_SUFFIXES = {
+    ".mrxs": "3DHISTECH MIRAX",
+    ".vms": "Hamamatsu VMS",
+    ".vmu": "Hamamatsu VMU",
+    ".czi": "Zeiss CZI",
+    ".isyntax": "Philips iSyntax",
+}
+_CONVERT_HINT = (
+    "convert it to a pyramidal TIFF, e.g. `vips tiffsave in out.tif --tile --pyramid --compression jpeg`"
+)
+
+
+@dataclass(frozen=True)
+class Slide:
+    """An open slide and the frame the model sees it in.
+
+    Attributes:
+        path: the slide file.
+        reader: the ``tiffslide.TiffSlide``.
+        mpp: µm per level-0 pixel (x, y).
+        level: the level read for the model.
+        scale: model pixels per pixel of that level (1.0: read as it is).
+        shape: (rows, cols) of the slide in model pixels.
+        per_level0: model pixels per level-0 pixel (x, y).
+    """
+
+    path: Path
+    reader: Any = field(repr=False)
+    mpp: tuple[float, float]
+    level: int
+    scale: float
+    shape: tuple[int, int]
+    per_level0: tuple[float, float]
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) of level 0."""
+        return tuple(self.reader.dimensions)
+
+    @property
+    def model_mpp(self) -> float:
+        """µm per model pixel (the mean of x and y)."""
+        return (self.mpp[0] / self.per_level0[0] + self.mpp[1] / self.per_level0[1]) / 2
+
+
+def is_slide(path: str | os.PathLike) -> bool:
+    """Whether :func:`open_slide` (not :func:`cryonuseg_hf.model.images.read_image`) should read ``path``.
+
+    Slide formats by suffix (also those tiffslide cannot read, so that they get its clear error), and TIFF
+    files that hold more than one resolution level. A missing file is not a slide.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in SLIDE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES:
+        return True
+    if suffix not in (".tif", ".tiff") or not path.is_file():
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.series[0].levels) > 1
+    except Exception:  # unreadable TIFFs are reported by read_image, which reads them as plain images
+        return False
+
+
+def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
+    """Open a whole-slide image and choose the level and scale the model reads it at.
+
+    Args:
+        path: the slide file.
+        mpp: µm per level-0 pixel, overriding (or standing in for) the slide's metadata.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unsupported format, truncated file, no pyramid, no µm/px (and no ``mpp``).
+    """
+    import tiffslide
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        raise ValueError(
+            f"{path}: {UNSUPPORTED_SUFFIXES[path.suffix.lower()]} slides are not supported (the reader, "
+            f"tiffslide, reads SVS, NDPI, SCN, BIF and pyramidal TIFF); {_CONVERT_HINT}"
+        )
+    try:
+        reader = tiffslide.TiffSlide(path)
+        dimensions = reader.level_dimensions
+        properties = reader.properties
+    except Exception as error:  # tifffile raises TiffFileError, tiffslide its own types, numcodecs others
+        raise ValueError(
+            f"{path}: not a slide tiffslide can read ({type(error).__name__}: {error}); {_CONVERT_HINT}"
+        ) from None
+    _check_complete(path, reader)
+    if len(dimensions) < 2:
+        raise ValueError(
+            f"{path}: one resolution level only (no pyramid), so the tissue cannot be found at a low "
+            f"resolution; give an image up to 16384 px a side a plain-image name (PNG), or {_CONVERT_HINT}"
+        )
+    if mpp is not None:
+        if not mpp > 0:
+            raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp}")
+        mpp_xy = (float(mpp), float(mpp))
+    else:
+        mpp_xy = (properties.get("tiffslide.mpp-x"), properties.get("tiffslide.mpp-y"))
+        if not mpp_xy[0] or not mpp_xy[1]:
+            raise ValueError(
+                f"{path}: the slide does not say its µm per pixel (no resolution in its metadata); pass "
+                "--mpp (mpp=...) with the scanner's value, e.g. 0.25 for a 40x scan"
+            )
+        mpp_xy = (float(mpp_xy[0]), float(mpp_xy[1]))
+    return _choose_level(path, reader, mpp_xy)
+
+
+def _check_complete(path: Path, reader: Any) -> None:
+    """Every tile or strip of every level lies inside the file (a truncated download does not)."""
+    size = path.stat().st_size
+    try:
+        levels = reader.ts_tifffile.series[0].levels
+    except (AttributeError, IndexError):
+        return
+    for index, level in enumerate(levels):
+        page = level.keyframe
+        offsets, counts = np.asarray(page.dataoffsets), np.asarray(page.databytecounts)
+        if offsets.size and int((offsets + counts).max()) > size:
+            raise ValueError(
+                f"{path}: truncated: level {index} needs {int((offsets + counts).max())} bytes, the file has "
+                f"{size}; download or copy it again"
+            )
+
+
+def _choose_level(path: Path, reader: Any, mpp: tuple[float, float]) -> Slide:
+    width0, height0 = reader.dimensions
+    level_mpp = [(mpp[0] * width0 / w + mpp[1] * height0 / h) / 2 for w, h in reader.level_dimensions]
+    level = int(np.argmin([abs(math.log(m / MODEL_MPP)) for m in level_mpp]))
+    ratio = level_mpp[level] / MODEL_MPP
+    scale = 1.0 if abs(ratio - 1.0) <= MPP_TOLERANCE else ratio
+    if scale > 1.0 + MPP_TOLERANCE:
+        logger.warning(
+            "%s: the finest level is %.3f µm/px, coarser than the model's %.4f: upsampled %.2fx (nuclei are "
+            "less sharp than the model learned them)",
+            path,
+            level_mpp[level],
+            MODEL_MPP,
+            scale,
+        )
+    width, height = reader.level_dimensions[level]
+    shape = (round(height * scale), round(width * scale))
+    per_level0 = (shape[1] / width0, shape[0] / height0)
+    logger.info(
+        "%s: %dx%d px at %.4f µm/px; model reads level %d at scale %.3f (%.4f µm/px)",
+        path,
+        width0,
+        height0,
+        mpp[0],
+        level,
+        scale,
+        level_mpp[level] / scale,
+    )
+    return Slide(path, reader, mpp, level, scale, shape, per_level0)
+
+
+def level_pixels(slide: Slide, level: int, rows: slice, cols: slice) -> np.ndarray:
+    """RGB pixels ``[rows, cols]`` of a level (clipped to it), as (h, w, 3) uint8."""
+
+    try:
+        array = slide.reader.zarr_group[str(level)]
+        pixels = np.asarray(array[rows, cols])
+    except Exception as error:  # codec errors of a corrupt tile come from imagecodecs, numcodecs, zarr
+        raise ValueError(
+            f"{slide.path}: cannot read level {level} rows {rows.start}:{rows.stop} cols {cols.start}:"
+            f"{cols.stop} ({type(error).__name__}: {error}); is the file truncated or corrupt?"
+        ) from None
+    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise ValueError(f"{slide.path}: level {level} has pixels of shape {pixels.shape}; expected RGB")
+    return as_rgb8(pixels, name=str(slide.path))
+
+
+def read_model_region(slide: Slide, rows: slice, cols: slice) -> np.ndarray:
+    """The slide in the model's frame: pixels ``[rows, cols]`` of a ``slide.shape`` image, (h, w, 3) uint8."""
+    if slide.scale == 1.0:
+        return level_pixels(slide, slide.level, rows, cols)
+    from PIL import Image
+
+    height, width = slide.reader.level_dimensions[slide.level][::-1]
+    s = slide.scale
+    r0, c0 = max(math.floor(rows.start / s) - 1, 0), max(math.floor(cols.start / s) - 1, 0)
+    r1, c1 = min(math.ceil(rows.stop / s) + 1, height), min(math.ceil(cols.stop / s) + 1, width)
+    source = Image.fromarray(level_pixels(slide, slide.level, slice(r0, r1), slice(c0, c1)))
+    box = (cols.start / s - c0, rows.start / s - r0, cols.stop / s - c0, rows.stop / s - r0)
+    size = (cols.stop - cols.start, rows.stop - rows.start)
+    return np.asarray(source.resize(size, Image.Resampling.BILINEAR, box=box))
