@@ -3,9 +3,9 @@
 Run: ``.venv/bin/python benchmarks/bench_build.py [--source RELEASE] [--out results] [--repeats 3]``; writes
 ``results/build_timings.json`` and ``results/build_timings.md``. Each repeat, in this process:
 
-- ``build``: ``cryonuseg_hf.reports.dataset_build.build`` of all three configs from the raw release folder into a fresh temporary
-  folder, with its per-stage times (opening the release, encoding the 30 tiles, each mark-up, the human agreement,
-  the card);
+- ``build``: ``cryonuseg_hf.data.build.build`` of all three configs (card by
+  ``cryonuseg_hf.reports.dataset_card.dataset_card``) from the raw release folder into a fresh temporary folder,
+  with its per-stage times;
 - ``build_from_zip`` (once): the same from a store-only zip of the release, extraction included;
 - ``load_and_decode``: ``datasets.load_dataset(<folder>, split="train")`` with an empty cache folder (so the
   Parquet -> Arrow preparation is included; the ``datasets`` import is not) and then every column of all 30 rows
@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow
 
     from cryonuseg_hf.core.machine import machine_description
+    from cryonuseg_hf.data.build import build
     from cryonuseg_hf.data.release import default_source
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         for i in range(args.repeats):
             stages: dict[str, float] = {}
-            out = build(source, tmp / f"build{i}" / "cryonuseg", timings=stages)
+            out = build(source, tmp / f"build{i}" / "cryonuseg", card=dataset_card, timings=stages)
             builds.append(stages)
             print(f"build {i}: {stages['total']:.1f} s {stages}", flush=True)
             loads.append(load_and_decode(out, tmp / f"cache{i}"))
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                     zf.write(path, path.relative_to(source))
         tempfile.tempdir = str(tmp)  # extract under tmp, not into the shared temp folder
         zip_stages: dict[str, float] = {}
-        build(archive, tmp / "from_zip" / "cryonuseg", timings=zip_stages)
+        build(archive, tmp / "from_zip" / "cryonuseg", card=dataset_card, timings=zip_stages)
         tempfile.tempdir = None
         print(f"build from zip: {zip_stages['total']:.1f} s", flush=True)
         sizes = {p.parent.name: p.stat().st_size for p in (tmp / "build0" / "cryonuseg").rglob("*.parquet")}

@@ -4,7 +4,7 @@
 
 Each test in ``tests/robustness/`` is one kind of unusual or broken input, made from the real release and real
 tiles; its docstring says what was tried and what must happen. The report also re-measures, on the real release,
-the cross-file relations that ``cryonuseg-hf check`` (:func:`cryonuseg_hf.data.builder.check_release`) holds every
+the cross-file relations that ``cryonuseg-hf check`` (:func:`cryonuseg_hf.data.release_checks.check_release`) holds every
 release to, beside their tolerances and the values of files that do not belong together.
 """
 
@@ -81,20 +81,17 @@ def relations(source: Path | None = None) -> dict[str, object]:
     import tifffile
 
     from cryonuseg_hf.core.folds import TILE_IDS
-    from cryonuseg_hf.data.builder import foreground_dice, nucleus_contrast, read_nuclei
-    from cryonuseg_hf.data.readers import read_mask
+    from cryonuseg_hf.data.readers import read_mask, read_nuclei
     from cryonuseg_hf.data.release import default_source, open_release
+    from cryonuseg_hf.data.release_checks import foreground_dice, nucleus_contrast
     from cryonuseg_hf.data.roi_checks import own_label_fraction
-    from cryonuseg_hf.data.rois import Nucleus
 
     release = open_release(source or default_source())
     images = {t: tifffile.imread(release.images[t]) for t in TILE_IDS}
     own, contrast, labels, rois = {}, {}, {}, {}
     for markup, files in release.markups.items():
         for tile in TILE_IDS:
-            rois[markup, tile] = [
-                Nucleus(n["name"], n["x"], n["y"], n["roi_type"]) for n in read_nuclei(files.rois[tile])
-            ]
+            rois[markup, tile] = read_nuclei(files.rois[tile])
             labels[markup, tile] = read_mask(files.variants["label_masks_modify"][tile])
             own[markup, tile] = own_label_fraction(rois[markup, tile], labels[markup, tile])
             contrast[markup, tile] = nucleus_contrast(images[tile], labels[markup, tile])
@@ -126,7 +123,7 @@ def relations(source: Path | None = None) -> dict[str, object]:
 
 
 def markdown(cases: list[dict], total: float, measured: dict, notes: dict[str, str]) -> str:
-    from cryonuseg_hf.data.builder import MAX_NUCLEUS_CONTRAST, MIN_MARKUP_DICE, MIN_OWN_LABEL_FRACTION
+    from cryonuseg_hf.data.release_checks import MAX_NUCLEUS_CONTRAST, MIN_MARKUP_DICE, MIN_OWN_LABEL_FRACTION
 
     passed = sum(c["outcome"] == "pass" for c in cases)
     clean_case = next((c for c in cases if c["name"] == "test_real_release_passes_check"), None)

@@ -66,8 +66,9 @@ def built_dataset(release_path, tmp_path_factory) -> Path:
 
     The folder is named ``cryonuseg``, so ``load_dataset("cryonuseg")`` works from its parent folder.
     """
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.data.build import build
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
     out = tmp_path_factory.mktemp("built") / "cryonuseg"
-    build(release_path, out)
+    build(release_path, out, card=dataset_card)
     return out

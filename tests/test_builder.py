@@ -31,7 +31,7 @@ def _card_yaml(folder: Path) -> dict:
 
 
 def test_build_is_a_hub_repository(built_dataset):
-    from cryonuseg_hf.data.builder import features
+    from cryonuseg_hf.data.rows import features
 
     assert sorted(p.name for p in built_dataset.iterdir()) == ["README.md", *sorted(MARKUPS)]
     header = _card_yaml(built_dataset)
@@ -52,7 +52,7 @@ def test_build_is_a_hub_repository(built_dataset):
 
 
 def test_card_documents_the_data(built_dataset):
-    from cryonuseg_hf.data.builder import features
+    from cryonuseg_hf.data.rows import features
 
     card = (built_dataset / "README.md").read_text(encoding="utf-8")
     body = card.split("---\n", 2)[2]
@@ -174,12 +174,13 @@ def test_zip_build_equals_folder_build(built_dataset, release_path, tmp_path, mo
     """
     import tempfile
 
-    from cryonuseg_hf.data.builder import PARQUET_NAME
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.data.build import build
+    from cryonuseg_hf.data.parquet import PARQUET_NAME
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the zip is extracted under tmp_path
     archive = _zip_folder(release_path, tmp_path / "cryonuseg.zip")
-    out = build(archive, tmp_path / "from_zip", markups=("annotator2",))
+    out = build(archive, tmp_path / "from_zip", markups=("annotator2",), card=dataset_card)
     parquet = f"annotator2/{PARQUET_NAME}"
     assert (out / parquet).read_bytes() == (built_dataset / parquet).read_bytes()
 
@@ -261,8 +262,9 @@ def _no_leftovers(parent: Path) -> bool:
 def test_builder_class_matches_build(fake, tmp_path):
     from datasets import load_dataset
 
+    from cryonuseg_hf.data.build import build
     from cryonuseg_hf.data.builder import CryoNuSeg
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
     builder = CryoNuSeg(config_name="annotator2", data_dir=str(fake), cache_dir=str(tmp_path / "cache"))
     builder.download_and_prepare(output_dir=str(tmp_path / "prepared"), file_format="parquet")
@@ -270,7 +272,9 @@ def test_builder_class_matches_build(fake, tmp_path):
         "parquet", data_files=str(next((tmp_path / "prepared").glob("*.parquet"))), split="train"
     )
     built = load_dataset(
-        str(build(fake, tmp_path / "built", markups=("annotator2",))), "annotator2", split="train"
+        str(build(fake, tmp_path / "built", markups=("annotator2",), card=dataset_card)),
+        "annotator2",
+        split="train",
     )
     assert prepared.features == built.features
     assert prepared.data.table.equals(built.data.table)
@@ -358,12 +362,13 @@ def test_builder_class_matches_build(fake, tmp_path):
     ],
 )
 def test_bad_release_is_refused_and_leaves_nothing(fake, tmp_path, damage, message):
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.data.build import build
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
     damage(fake)
     out = tmp_path / "out" / "cryonuseg"
     with pytest.raises(ValueError, match=message):
-        build(fake, out)
+        build(fake, out, card=dataset_card)
     assert not out.exists()
     assert not (tmp_path / "out").exists() or _no_leftovers(tmp_path / "out")
 
@@ -393,7 +398,8 @@ def _zip(members: dict[str, bytes]) -> bytes:
 def test_zip_with_escaping_paths_is_refused(tmp_path, monkeypatch):
     import tempfile
 
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.data.build import build
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cache"))
     archive = tmp_path / "evil.zip"
@@ -401,31 +407,31 @@ def test_zip_with_escaping_paths_is_refused(tmp_path, monkeypatch):
     with pytest.raises(
         ReleaseError, match=r"member paths escape the extraction folder: \.\./\.\./escaped\.txt"
     ):
-        build(archive, tmp_path / "out")
+        build(archive, tmp_path / "out", card=dataset_card)
     assert not list(tmp_path.rglob("escaped.txt")) and not (tmp_path / "out").exists()
 
 
 def test_output_folder_rules(fake, tmp_path):
-    from cryonuseg_hf.data.builder import check_output_folder
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.data.build import build, check_output_folder
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
     other = tmp_path / "notes"
     other.mkdir()
     (other / "mine.txt").write_text("keep me")
     for overwrite in (False, True):
         with pytest.raises(FileExistsError, match="not a previous cryonuseg-hf build; refusing"):
-            build(fake, other, overwrite=overwrite)
+            build(fake, other, overwrite=overwrite, card=dataset_card)
     assert (other / "mine.txt").read_text() == "keep me" and len(list(other.iterdir())) == 1
 
-    out = build(fake, tmp_path / "cryonuseg", markups=("annotator2",))
+    out = build(fake, tmp_path / "cryonuseg", markups=("annotator2",), card=dataset_card)
     with pytest.raises(FileExistsError, match="previous build; pass --overwrite"):
-        build(fake, out, markups=("annotator2",))
+        build(fake, out, markups=("annotator2",), card=dataset_card)
     (out / "stray.txt").write_text("")  # a previous build with something added is no longer ours to delete
     with pytest.raises(FileExistsError, match="not a previous cryonuseg-hf build"):
-        build(fake, out, overwrite=True, markups=("annotator2",))
+        build(fake, out, overwrite=True, markups=("annotator2",), card=dataset_card)
     (out / "stray.txt").unlink()
     (out / "annotator2" / "train-00000-of-00001.parquet").write_bytes(b"stale")
-    build(fake, out, overwrite=True, markups=("annotator2",))
+    build(fake, out, overwrite=True, markups=("annotator2",), card=dataset_card)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "annotator2"]
     assert (out / "annotator2" / "train-00000-of-00001.parquet").read_bytes()[:4] == b"PAR1"
     assert _no_leftovers(tmp_path)
@@ -451,13 +457,16 @@ def test_builds_are_deterministic_from_folder_and_zip(fake, tmp_path, monkeypatc
     import tempfile
 
     from cryonuseg_hf.cli import main
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.data.build import build
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
     out = tmp_path / "a" / "cryonuseg"
     assert main(["build", "--source", str(fake), "--out", str(out)]) == 0
     assert "built annotator1_round1, annotator1_round2, annotator2" in capsys.readouterr().out
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    from_zip = build(_zip_folder(fake, tmp_path / "fake.zip"), tmp_path / "b" / "cryonuseg")
+    from_zip = build(
+        _zip_folder(fake, tmp_path / "fake.zip"), tmp_path / "b" / "cryonuseg", card=dataset_card
+    )
     assert _files(from_zip) == _files(out)
     assert (out / "README.md").read_text(encoding="utf-8").count("## Human agreement") == 1
     assert main(["build", "--source", str(fake), "--out", str(out)]) == 2

@@ -88,10 +88,10 @@ def push_dataset(
         the URL of the commit.
 
     Raises:
-        ValueError: ``folder`` is not a build made by :func:`cryonuseg_hf.reports.dataset_build.build`.
+        ValueError: ``folder`` is not a build made by :func:`cryonuseg_hf.data.build.build`.
         ConnectionError: offline mode is on, or the Hub cannot be reached.
     """
-    from cryonuseg_hf.data.builder import is_build
+    from cryonuseg_hf.data.build import is_build
 
     folder = Path(folder)
     if not folder.is_dir() or not is_build(folder):

@@ -393,7 +393,7 @@ def folder_kind(folder: str | os.PathLike) -> str:
     Raises:
         ValueError: none of these.
     """
-    from cryonuseg_hf.data.builder import is_build
+    from cryonuseg_hf.data.build import is_build
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -50,8 +50,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.data.builder import check_release
     from cryonuseg_hf.data.release import open_release
+    from cryonuseg_hf.data.release_checks import check_release
 
     release = open_release(source(args))
     n_rois = check_release(release)  # reads every file build reads, and checks they belong together
@@ -62,8 +62,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from cryonuseg_hf.apps.hub import download_release
-    from cryonuseg_hf.data.builder import MARKUPS
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.data.build import build
+    from cryonuseg_hf.data.release import MARKUPS
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
     release = source(args)
     if args.source is None and not release.exists():
@@ -74,7 +75,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"cryonuseg-hf build: error: {error}", file=sys.stderr)
             return 2
     timings: dict = {}
-    out = build(release, args.out, overwrite=args.overwrite, timings=timings)
+    out = build(release, args.out, card=dataset_card, overwrite=args.overwrite, timings=timings)
     print(f"built {', '.join(MARKUPS)} from {release} into {out} in {timings['total']:.1f} s")
     print(f'load it with datasets.load_dataset("{out}") or, from {out.parent}, load_dataset("{out.name}")')
     return 0

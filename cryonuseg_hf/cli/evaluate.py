@@ -64,8 +64,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.data.builder import check_release
     from cryonuseg_hf.data.release import open_release
+    from cryonuseg_hf.data.release_checks import check_release
     from cryonuseg_hf.reports.agreement import write_agreement
 
     release = open_release(source(args))

@@ -10,7 +10,7 @@ The release is messy in known ways, and this module is the one place that knows 
 
 :func:`open_release` finds every file, checks that the release is complete (30 tiles, one ROI set per tile
 per mark-up) and returns a :class:`Release` of plain paths. Nothing here decodes pixels; ``validate_images``
-does, on request, because it costs a second, and :func:`cryonuseg_hf.data.builder.check_release` reads every file and
+does, on request, because it costs a second, and :func:`cryonuseg_hf.data.release_checks.check_release` reads every file and
 checks that the files belong together (what ``cryonuseg-hf check`` runs).
 """
 

@@ -9,6 +9,8 @@ arguments, in a fixed order and without dates, so that the same release gives th
 from __future__ import annotations
 
 from cryonuseg_hf.core.folds import ORGANS, TILE_IDS, fold_of
+from cryonuseg_hf.data.build import CARD_MARKER, BuiltDataset
+from cryonuseg_hf.data.parquet import PARQUET_NAME, SPLIT
 from cryonuseg_hf.data.release import DEFAULT_MARKUP, MARKUP_FOLDERS, MARKUPS
 
 MASK_DEFINITIONS: dict[str, str] = {
@@ -57,8 +59,6 @@ AGREEMENT_METRICS = {"dice": "Dice", "aji": "AJI", "aji_plus": "AJI+", "pq": "PQ
 
 def _yaml_header(splits: dict[str, dict], features) -> str:
     import yaml
-
-    from cryonuseg_hf.data.builder import PARQUET_NAME, SPLIT
 
     configs = []
     for markup in splits:
@@ -134,6 +134,16 @@ def _agreement_rows(agreement: dict) -> list[str]:
     return lines
 
 
+def dataset_card(built: BuiltDataset) -> str:
+    """The ``README.md`` of a build (what :func:`cryonuseg_hf.data.build.build` takes as ``card``): the card of
+    :func:`render_card`, with the human agreement when all three mark-ups were built."""
+    from cryonuseg_hf.data.rows import features
+    from cryonuseg_hf.evaluation.agreement import human_agreement
+
+    agreement = human_agreement(built.release) if set(built.splits) == set(MARKUPS) else None
+    return render_card(built.splits, built.summaries, features(), built.metadata, agreement)
+
+
 def render_card(
     splits: dict[str, dict],
     summaries: dict[str, dict],
@@ -151,7 +161,7 @@ def render_card(
         agreement: :func:`cryonuseg_hf.evaluation.agreement.human_agreement` output, shown as reference rows; omitted
             when ``None``.
     """
-    from cryonuseg_hf.data.builder import CARD_MARKER, CITATION, HOMEPAGE
+    from cryonuseg_hf.data.builder import CITATION, HOMEPAGE
 
     markups = list(splits)
     default = DEFAULT_MARKUP if DEFAULT_MARKUP in markups else markups[0]

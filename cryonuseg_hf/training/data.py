@@ -45,8 +45,9 @@ def _load_release(source: Path, markups: tuple[str, ...]) -> dict[str, Any]:
 
     import datasets
 
-    from cryonuseg_hf.data.builder import CryoNuSeg, check_release
+    from cryonuseg_hf.data.builder import CryoNuSeg
     from cryonuseg_hf.data.release import open_release
+    from cryonuseg_hf.data.release_checks import check_release
 
     check_release(open_release(source))  # a mask of another tile would train the model silently wrong
     bars = datasets.is_progress_bar_enabled()

@@ -150,9 +150,11 @@ def test_metric_count_mismatch(metric, label_pair):
 @pytest.fixture(scope="module")
 def one_config_build(release_path, tmp_path_factory):
     """A build of the real release holding one config (annotator2), the cheapest complete build."""
-    from cryonuseg_hf.reports.dataset_build import build
+    from cryonuseg_hf.data.build import build
+    from cryonuseg_hf.reports.dataset_card import dataset_card
 
-    return build(release_path, tmp_path_factory.mktemp("build") / "cryonuseg", markups=("annotator2",))
+    out = tmp_path_factory.mktemp("build") / "cryonuseg"
+    return build(release_path, out, card=dataset_card, markups=("annotator2",))
 
 
 def test_load_dataset_lossless_instance_mask(one_config_build, release):
