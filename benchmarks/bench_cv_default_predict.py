@@ -29,8 +29,9 @@ def main() -> None:
 
     from cryonuseg_hf.core.folds import N_FOLDS, TILE_IDS, tiles_of_fold
     from cryonuseg_hf.core.machine import machine_description
+    from cryonuseg_hf.evaluation.predictions import match_files, read_predictions
+    from cryonuseg_hf.evaluation.score import score_predictions
     from cryonuseg_hf.model.predict import load_predictor, predict_instances
-    from cryonuseg_hf.training.cv import read_predictions, score_predictions
     from cryonuseg_hf.training.data import load_tiles
 
     tiles = load_tiles(None)
@@ -44,8 +45,11 @@ def main() -> None:
             start = time.perf_counter()
             predictions[tile] = predict_instances(tiles["images"][TILE_IDS.index(tile)], predictor)
             seconds.append(time.perf_counter() - start)
-    default = score_predictions(predictions, tiles)
-    tta = score_predictions(read_predictions(args.cv), tiles)
+    masks = {m: dict(zip(tiles["tile_ids"], stack, strict=True)) for m, stack in tiles["masks"].items()}
+    default = score_predictions(predictions, masks, list(masks))
+    tta = score_predictions(
+        read_predictions(match_files(args.cv / "predictions", "*.png")), masks, list(masks)
+    )
     metrics = ("aji", "aji_plus", "pq", "dice")
     record = {
         "command": "python benchmarks/bench_cv_default_predict.py"

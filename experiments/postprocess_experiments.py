@@ -184,9 +184,9 @@ def size_bias(cv: Path, masks) -> dict[str, float]:
     contingency table; such matches are one to one): the median and mean area ratio prediction / reference, the
     share of predictions larger, and the mean IoU (the SQ of all tiles pooled)."""
     from cryonuseg_hf.evaluation.nuclei_instance_metric.nuclei_metrics import overlap_table
-    from cryonuseg_hf.training.cv import read_predictions
+    from cryonuseg_hf.evaluation.predictions import match_files, read_predictions
 
-    predictions = read_predictions(cv)
+    predictions = read_predictions(match_files(cv / "predictions", "*.png"))
     ratios, ious = [], []
     for i, tile in enumerate(TILE_IDS):
         t_index, p_index, inter, _, t_area, _, p_area = overlap_table(masks[i], predictions[tile])

@@ -336,12 +336,9 @@ def test_the_cv_predictions_score_as_results_cv_with_the_human_agreement_beside(
     assert report["missing"] == [] and len(report["tiles"]) == 30
     for reference, result in cv.items():
         mine = report["scores"][reference]
-        for row in result["per_tile"]:
+        for tile, row in result["per_tile"].items():
             for key, value in row.items():
-                assert mine["per_tile"][row["tile_id"]][key] == pytest.approx(value, abs=1e-12), (
-                    reference,
-                    key,
-                )
+                assert mine["per_tile"][tile][key] == pytest.approx(value, abs=1e-12), (reference, key)
         for metric in ("dice", "aji", "aji_plus", "pq", "dice_pooled", "aji_pooled"):
             assert mine[metric] == pytest.approx(result[metric], abs=1e-12)
         assert report["segformer_cv"][reference]["mean"]["aji"] == pytest.approx(result["aji"], abs=1e-12)

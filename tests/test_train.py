@@ -128,14 +128,12 @@ def test_cli_fold_and_score(tmp_path, tiles):
 
     from cryonuseg_hf.cli import main
 
-    if not (RESULTS / "human_agreement.json").is_file():
-        pytest.skip("results/human_agreement.json missing (cryonuseg-hf agreement)")
     packed = pack_tiles(
         {**tiles, "masks": {m: tiles["masks"]["annotator1_round2"] for m in folds_markups()}},
         tmp_path / "t.npz",
     )
     out = tmp_path / "results" / "cv"
-    args = ["train", "--data", str(packed), "--fold", "2", "--out", str(out), "--results", str(RESULTS)]
+    args = ["train", "--data", str(packed), "--fold", "2", "--out", str(out)]
     args += ["--variant", "tiny", "--input-scale", "1", "--steps", "40", "--crop", "64", "--batch-size", "2"]
     args += ["--lr", "0.003", "--warmup", "5"]
     assert main([*args, "--tune-tiles", "1"]) == 0  # held-out tiles with TTA, as the CV runs
@@ -395,7 +393,7 @@ def test_all_markups_tunes_against_every_markup(monkeypatch):
 
 
 def test_reports_say_what_the_model_was_trained_on():
-    from cryonuseg_hf.reports.cv import cv_markdown
+    from cryonuseg_hf.reports.cv import cv_preface
     from cryonuseg_hf.reports.model_card import card_body
     from cryonuseg_hf.training.config import ground_truth
 
@@ -405,15 +403,17 @@ def test_reports_say_what_the_model_was_trained_on():
     )
     metrics = json.loads((RESULTS / "cv" / "metrics.json").read_text())
     metrics["config"]["all_markups"] = False
-    one = cv_markdown(metrics)
-    assert "ground truth annotator1_round2;" in one and "annotator1_round2, the training ground truth" in one
+    one = "\n".join(cv_preface(metrics))
+    assert (
+        "ground truth annotator1_round2;" in one and "annotator1_round2 is the training ground truth" in one
+    )
     metrics["config"]["all_markups"] = True
-    three = cv_markdown(metrics)
+    three = "\n".join(cv_preface(metrics))
     assert "ground truth all three mark-ups" in three and "one of the three trained on" in three
     assert "ground truth all three mark-ups" in card_body(metrics, {"config": metrics["config"]})
     # a run's scale note is shown where one was given, and no empty one otherwise
-    assert "Scale of this run" not in cv_markdown({**metrics, "scale_note": ""})
-    assert "**Scale of this run: folds 0 and 1 only**" in cv_markdown(
+    assert "Scale of this run" not in "\n".join(cv_preface({**metrics, "scale_note": ""}))
+    assert "**Scale of this run: folds 0 and 1 only**" in cv_preface(
         {**metrics, "scale_note": "folds 0 and 1 only"}
     )
 

@@ -41,7 +41,6 @@ def add_parsers(sub) -> None:
     train.add_argument("--pack", type=Path, default=None, help="write tiles + all mark-ups to this .npz")
     train.add_argument("--out", type=Path, default=Path("results/cv"), help="CV results folder")
     train.add_argument("--checkpoint", type=Path, default=None, help="final model folder (default: shipped)")
-    train.add_argument("--results", type=Path, default=Path("results"), help="holds human_agreement.json")
     train.add_argument("--scale-note", default="", help="how this run differs from the full recipe")
     add_recipe_options(train)
     train.set_defaults(func=cmd_train)
@@ -185,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not (args.pack or folds or args.score_only or args.final):
         raise ValueError("nothing to do: give --fold K, --cv, --final, --score-only or --pack PATH")
     from cryonuseg_hf.core.paths import MODEL_PATH
-    from cryonuseg_hf.reports.cv import human_rows, write_cv_results
+    from cryonuseg_hf.reports.cv import write_cv_results
     from cryonuseg_hf.training.cv import fit, run_record
     from cryonuseg_hf.training.data import load_tiles, pack_tiles
 
@@ -197,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     final = (args.checkpoint or MODEL_PATH) if args.final else None
     lines = fit(config, tiles, out=args.out, folds=folds, final_checkpoint=None, run=run)
     if folds or args.score_only:
-        results = write_cv_results(Path(args.out), tiles, run, human_rows(Path(args.results)))
+        results = write_cv_results(Path(args.out), tiles, run)
         ours = results["scores"][config.markup]
         lines.append(
             f"CV on {results['n_tiles']} held-out tiles vs {config.markup}: AJI {ours['aji']:.4f} "

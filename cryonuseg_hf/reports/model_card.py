@@ -17,6 +17,7 @@ from typing import Any
 
 from cryonuseg_hf.core.folds import ORGANS
 from cryonuseg_hf.core.markdown import table
+from cryonuseg_hf.evaluation.agreement import observer_comparisons
 from cryonuseg_hf.training.config import ground_truth
 
 LICENSE = "cc-by-nc-sa-4.0"
@@ -217,7 +218,7 @@ def card_body(
     stages = stages or ([pretrain] if pretrain else [])
     config = metrics["config"]
     markup = config["markup"]
-    scores, human = metrics["scores"], metrics["human_agreement"]
+    scores, human = metrics["scores"], observer_comparisons(metrics["human"])
     f = "{:.3f}".format
     overall = [
         [f"SegFormer (this model's recipe, CV) vs {m}", f(s["aji"]), f(s["pq"]), f(s["dice"])]

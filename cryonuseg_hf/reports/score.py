@@ -1,16 +1,20 @@
 """The report of ``cryonuseg-hf score``: ``score.json``, ``score.md`` and ``score_per_tile.csv``.
 
 The report dict comes from :func:`cryonuseg_hf.evaluation.score.score_folder` (reading, matching and scoring the
-predictions, with the SegFormer CV and the human agreement beside); this module only writes it down.
+predictions, with the SegFormer CV and the human agreement beside); this module only writes it down. The CV's
+report is the same report of its held-out predictions, with the training run's record added
+(:mod:`cryonuseg_hf.reports.cv`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cryonuseg_hf.core.files import staged_files
 from cryonuseg_hf.core.folds import ORGANS, TILE_IDS, fold_of, organ_of
 from cryonuseg_hf.core.markdown import table
 from cryonuseg_hf.evaluation.metrics import COUNTS, METRICS
@@ -39,13 +43,27 @@ def _columns(report: dict[str, Any], reference: str, short: bool = False) -> lis
     return columns
 
 
-def report_markdown(report: dict[str, Any], command: str | None = None) -> str:
-    """The report as Markdown: means, per organ and fold, and per tile, with what sits beside the predictions."""
+def report_markdown(
+    report: dict[str, Any],
+    command: str | None = None,
+    preface: Sequence[str] = (),
+    appendix: Sequence[str] = (),
+) -> str:
+    """The report as Markdown: means, per organ and fold, and per tile, with what sits beside the predictions.
+
+    Args:
+        report: as :func:`cryonuseg_hf.evaluation.score.score_folder` returns it.
+        command: the command that made it, shown under the title.
+        preface: Markdown lines put before the scores (e.g. how the predictions were made).
+        appendix: Markdown lines put after them.
+    """
     tiles, references = report["tiles"], report["references"]
     formats = ", ".join(f"{n} {kind}" for kind, n in sorted(report["formats"].items()))
     lines = [f"# {report['name']} scored on CryoNuSeg", ""]
     if command:
         lines += [f"Produced by `{command}`.", ""]
+    if preface:
+        lines += [*preface, ""]
     lines += [
         f"Predictions: `{report['folder']}` ({formats} file(s)), scored on {len(tiles)} of {len(TILE_IDS)} tiles "
         f"against the {report['masks']}. Every value is the mean over those tiles of the per-tile value "
@@ -112,6 +130,8 @@ def report_markdown(report: dict[str, Any], command: str | None = None) -> str:
                 row.append(f"{values['aji']:.4f} / {values['pq']:.4f}")
         rows.append(row)
     lines += table(header, rows)
+    if appendix:
+        lines += ["", *appendix]
     return "\n".join(lines) + "\n"
 
 
@@ -139,9 +159,11 @@ def per_tile_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _document(report: dict[str, Any], command: str | None, csv_name: str) -> dict[str, Any]:
+def _document(
+    report: dict[str, Any], command: str | None, csv_name: str, record: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The JSON form: per-tile rows once (under ``scores``); those of everything beside are in the CSV."""
-    document = {"command": command, **report} if command else dict(report)
+    document = {"command": command, **(record or {}), **report} if command else {**(record or {}), **report}
     document["per_tile_csv"] = csv_name
     document["summary"] = {r: _without_tiles(s) for r, s in report["summary"].items()}
     document["human"] = {
@@ -163,8 +185,22 @@ def write_report(
     stem: str = "score",
     command: str | None = None,
     overwrite: bool = False,
+    *,
+    record: Mapping[str, Any] | None = None,
+    preface: Sequence[str] = (),
+    appendix: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>_per_tile.csv`` into ``out_dir`` (created).
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>_per_tile.csv`` into ``out_dir`` (created), all three or
+    none (:func:`cryonuseg_hf.core.files.staged_files`).
+
+    Args:
+        report: as :func:`cryonuseg_hf.evaluation.score.score_folder` returns it.
+        out_dir: the folder.
+        stem: the files' base name.
+        command: the command that made the report.
+        overwrite: replace the files of an earlier report.
+        record: fields put in the JSON before the report's (e.g. the run that made the predictions).
+        preface, appendix: Markdown lines before and after the scores (see :func:`report_markdown`).
 
     Raises:
         FileExistsError: a file exists and ``overwrite`` is False (nothing is written then).
@@ -179,11 +215,13 @@ def write_report(
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist already; pass --overwrite to replace them")
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths["json"].write_text(json.dumps(_document(report, command, paths["csv"].name), indent=1) + "\n")
-    paths["md"].write_text(report_markdown(report, command))
+    document = _document(report, command, paths["csv"].name, record)
     rows = per_tile_rows(report)
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    with staged_files(paths) as staged:
+        staged["json"].write_text(json.dumps(document, indent=1) + "\n")
+        staged["md"].write_text(report_markdown(report, command, preface, appendix))
+        with staged["csv"].open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     return paths

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from cryonuseg_hf.core.folds import N_FOLDS, TILE_IDS, fold_of, organ_of, tiles_of_fold
+from cryonuseg_hf.core.folds import N_FOLDS, TILE_IDS, tiles_of_fold
 from cryonuseg_hf.core.machine import machine_description
 from cryonuseg_hf.data.release import MARKUPS
 from cryonuseg_hf.model.segformer import resolve_device
@@ -232,33 +232,6 @@ def train_final(config: TrainConfig, tiles: dict[str, Any], checkpoint: Path, st
         postprocess=params.to_dict(), tuning_objective_train=round(objective, 4), checkpoint=str(checkpoint)
     )
     return record
-
-
-def read_predictions(out_dir: Path) -> dict[str, np.ndarray]:
-    """tile id -> held-out instance labels found in ``out_dir/predictions``."""
-    from PIL import Image
-
-    found = {}
-    for tile in TILE_IDS:
-        path = out_dir / "predictions" / f"{tile}.png"
-        if path.is_file():
-            found[tile] = np.asarray(Image.open(path)).astype(np.int32)
-    return found
-
-
-def score_predictions(predictions: dict[str, np.ndarray], tiles: dict[str, Any]) -> dict[str, Any]:
-    """Held-out predictions scored against every loaded mark-up (per tile, organ, fold and mean)."""
-    from cryonuseg_hf.evaluation.metrics import score
-
-    ids = [t for t in TILE_IDS if t in predictions]
-    references = {m: [masks[TILE_IDS.index(t)] for t in ids] for m, masks in tiles["masks"].items()}
-    return score(
-        [predictions[t] for t in ids],
-        references,
-        organs=[organ_of(t) for t in ids],
-        folds=[fold_of(t) for t in ids],
-        tile_ids=ids,
-    )
 
 
 def run_record(config: TrainConfig, command: str, scale_note: str = "") -> dict[str, Any]:
