@@ -150,6 +150,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """One start point from other nuclei data (resumable: the same command started again continues)."""
     config = train_config(args)  # bad options fail here, before torch is imported or data read
     from cryonuseg_hf.training.cv import pretrain
+    from cryonuseg_hf.training.processes import main_process
 
     resize = args.resize
     if resize not in (None, "auto"):
@@ -164,6 +165,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                 f"--resize {args.resize!r}: expected one factor > 0 per --data ({len(args.data)})"
             )
     record = pretrain(config, args.data, args.out, args.command_line, args.state, resize, args.cryonuseg)
+    if not main_process():  # under `accelerate launch` the main process speaks for the run
+        return 0
     images = sum(s["images"] for s in record["sources"])
     print(
         f"pretrained on {record['windows']} windows of {images} images: {record['steps']} steps in "
@@ -187,6 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cryonuseg_hf.reports.cv import write_cv_results
     from cryonuseg_hf.training.cv import fit, run_record
     from cryonuseg_hf.training.data import load_tiles, pack_tiles
+    from cryonuseg_hf.training.processes import main_process
 
     tiles = load_tiles(args.data)
     if args.pack:
@@ -195,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = run_record(config, args.command_line, args.scale_note)
     final = (args.checkpoint or MODEL_PATH) if args.final else None
     lines = fit(config, tiles, out=args.out, folds=folds, final_checkpoint=None, run=run)
-    if folds or args.score_only:
+    if (folds or args.score_only) and main_process():  # under `accelerate launch` the main process writes
         results = write_cv_results(Path(args.out), tiles, run)
         ours = results["scores"][config.markup]
         lines.append(
@@ -204,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if final is not None:
         lines += fit(config, tiles, out=args.out, final_checkpoint=final, run=run)
-    if lines:
+    if lines and main_process():
         print("\n".join(lines))
     return 0
 

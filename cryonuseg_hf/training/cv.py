@@ -42,6 +42,7 @@ from cryonuseg_hf.model.segformer import resolve_device
 from cryonuseg_hf.training.config import TrainConfig, recipe
 from cryonuseg_hf.training.data import load_tiles, training_indices, tuning_tiles
 from cryonuseg_hf.training.loop import fit_segformer
+from cryonuseg_hf.training.processes import main_process
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ def fit_fold(config: TrainConfig, tiles: dict[str, Any], fold: int, out_dir: Pat
 
     state = out_dir / "models" / f"fold_{fold}.state.pt"
     model, record = train_model(config, tiles, fold, state_path=state)
+    if not main_process():  # under `accelerate launch` the other processes train with the main one, no more
+        return record
     start = time.perf_counter()
     checkpoint = out_dir / "models" / f"fold_{fold}"
     params, objective, tune = save_tuned(model, config, tiles, training_indices(fold), checkpoint)
@@ -225,6 +228,8 @@ def fold_done(config: TrainConfig, out_dir: Path, fold: int) -> dict[str, Any] |
 def train_final(config: TrainConfig, tiles: dict[str, Any], checkpoint: Path, state: Path) -> dict[str, Any]:
     """The all-data model, post-processing tuned on its training tiles, saved as an fp16 checkpoint."""
     model, record = train_model(config, tiles, None, state_path=state)
+    if not main_process():  # under `accelerate launch` the other processes train with the main one, no more
+        return record
     params, objective, _ = save_tuned(model, config, tiles, training_indices(None), checkpoint)
     for path in run_states(state, config.soup):
         path.unlink(missing_ok=True)
@@ -299,8 +304,6 @@ def pretrain(
     model, record = fit_segformer(
         config, data["images"], data["classes"], indices, stream=100, state_path=state, name="pretrain"
     )
-    model.config.cryonuseg_train_config = asdict(config)
-    save_checkpoint(model, out)
     record.update(
         command=command,
         machine=machine_description(resolve_device(config.device)),
@@ -315,8 +318,11 @@ def pretrain(
             "rule": "each folder's median nucleus area matched to CryoNuSeg's (three mark-ups pooled)",
             "cryonuseg_median_nucleus_px": target,
         }
-    (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
-    state.unlink(missing_ok=True)
+    if main_process():  # under `accelerate launch` the other processes train with the main one, no more
+        model.config.cryonuseg_train_config = asdict(config)
+        save_checkpoint(model, out)
+        (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+        state.unlink(missing_ok=True)
     return record
 
 
@@ -362,7 +368,8 @@ def fit(
             continue
         record = fit_fold(config, tiles, fold, out)
         record.update(run)
-        (out / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
+        if main_process():
+            (out / "folds" / f"fold_{fold}.json").write_text(json.dumps(record, indent=2) + "\n")
         lines.append(
             f"fold {fold}: {record['steps']} steps in {record['train_seconds']} s, "
             f"loss {record['loss_first_25']:.3f} -> {record['loss_last_25']:.3f}"
@@ -370,8 +377,9 @@ def fit(
     if final_checkpoint is not None:
         state = out / "models" / "final.state.pt"
         record = {**train_final(config, tiles, Path(final_checkpoint), state), **run}
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "final.json").write_text(json.dumps(record, indent=2) + "\n")
+        if main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "final.json").write_text(json.dumps(record, indent=2) + "\n")
         lines.append(
             f"final model: {record['steps']} steps in {record['train_seconds']} s -> {final_checkpoint}"
         )

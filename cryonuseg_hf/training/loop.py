@@ -10,6 +10,10 @@ from it. With ``ema_decay`` the model returned is the exponential moving average
 (``torch.optim.swa_utils.AveragedModel``), updated after every step and saved with the state. ``max_seconds``
 times steps 10-30 and cuts the cosine schedule to fit a wall-clock budget; the steps actually run are recorded.
 A step whose gradient is inf/NaN is skipped, and a run that keeps producing them stops.
+
+Under ``accelerate launch`` several processes train the model together (distributed data parallel, one process
+per GPU); :mod:`cryonuseg_hf.training.processes` says how they share the work, and the record says how many
+there were. Without the launcher the run has one process and trains as it always did.
 """
 
 from __future__ import annotations
@@ -22,8 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
+from cryonuseg_hf.core.files import staged_files
 from cryonuseg_hf.model.segformer import resolve_device
 from cryonuseg_hf.training.config import TrainConfig, recipe
+from cryonuseg_hf.training.processes import (
+    agree,
+    gather,
+    mean_over_processes,
+    process_seeds,
+    share_buffers,
+    start_accelerator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,17 +153,23 @@ def fit_segformer(
         weights: the probability of drawing each of ``indices`` (None: all alike).
 
     Returns:
-        ``(model in eval mode, record)``; the record holds steps, timing and the loss curve.
+        ``(model in eval mode, record)``; the record holds steps, timing, the loss curve (the mean over the
+        processes) and the number of processes that trained.
     """
     import torch
     import torch.nn.functional as F
 
     from cryonuseg_hf.model.segformer import IMAGE_MEAN, IMAGE_STD, build_model
 
-    torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    rng = np.random.default_rng([config.seed, stream])
-    generator = torch.Generator(device=device).manual_seed(config.seed * 1000 + stream)
+    accelerator = start_accelerator(device)
+    processes, process = accelerator.num_processes, accelerator.process_index
+    if processes > 1:  # this process's GPU, not the first one
+        device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+    torch.set_num_threads(config.threads)
+    crop_seed, augment_seed = process_seeds(config.seed, stream, process)
+    rng = np.random.default_rng(crop_seed)
+    generator = torch.Generator(device=device).manual_seed(augment_seed)
     images_t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
     if config.contact_weight and contacts is None:
         raise ValueError(
@@ -163,6 +182,8 @@ def fit_segformer(
     model = build_model(
         config.variant, config.input_scale, config.init, seed=config.seed, first_stride=config.first_stride
     ).to(device).train()  # fmt: skip
+    if process > 0:  # stochastic depth draws from the global generator: each process its own draws
+        torch.manual_seed(augment_seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     average = None
     if config.ema_decay:
@@ -182,30 +203,45 @@ def fit_segformer(
         state = torch.load(state_path, map_location=device, weights_only=False)
         if recipe(state["config"]) != recipe(asdict(config)) or state["stream"] != stream:
             raise ValueError(f"{state_path}: training state of another recipe; remove it to start afresh")
+        saved_by = state.get("processes", 1)
+        if saved_by != processes:
+            raise ValueError(
+                f"{state_path}: training state of a run of {saved_by} process(es), this one has {processes}; "
+                f"resume it with `accelerate launch --num_processes {saved_by}`"
+                f"{'' if saved_by > 1 else ' or without the launcher'}, or remove it to start afresh"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if average is not None:
             average.load_state_dict(state["average"])
-        rng.bit_generator.state = state["rng"]
-        generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())  # stochastic depth draws from the global generator
+        streams = state["process_streams"][process] if processes > 1 else state
+        rng.bit_generator.state = streams["rng"]
+        generator.set_state(streams["generator"].cpu())
+        torch.set_rng_state(streams["torch_rng"].cpu())  # stochastic depth draws from the global generator
         total, step, elapsed = state["total"], state["step"], state["elapsed"]
-        losses = [torch.tensor(v) for v in state["losses"]]
+        losses = [torch.tensor(v) for v in streams["losses"]]
         skipped = state.get("skipped", 0)
-        logger.info("%s: resumed from %s at step %d/%d", name, state_path, step, total)
+        if accelerator.is_main_process:
+            logger.info("%s: resumed from %s at step %d/%d", name, state_path, step, total)
+    trained, optimizer = accelerator.prepare(model, optimizer)  # DistributedDataParallel under the launcher
 
     def save_state() -> None:
-        state = {
-            "config": asdict(config), "stream": stream, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "total": total, "step": step,
-            "elapsed": elapsed + time.perf_counter() - start, "losses": [float(v) for v in losses], "skipped": skipped,
-            "average": average.state_dict() if average is not None else None,
-        }  # fmt: skip
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = state_path.with_name(state_path.name + ".partial")
-        torch.save(state, partial)
-        partial.replace(state_path)
+        """Every process hands in its random streams and losses; the main process writes the state."""
+        streams = {"rng": rng.bit_generator.state, "generator": generator.get_state(),
+                   "torch_rng": torch.get_rng_state(), "losses": [float(v) for v in losses]}  # fmt: skip
+        every_process = gather(accelerator, streams)
+        if accelerator.is_main_process:
+            state = {
+                "config": asdict(config), "stream": stream, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), **streams, "total": total, "step": step,
+                "elapsed": elapsed + time.perf_counter() - start, "skipped": skipped,
+                "average": average.state_dict() if average is not None else None,
+                "processes": processes, "process_streams": every_process if processes > 1 else None,
+            }  # fmt: skip
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            with staged_files({"state": state_path}) as twin:
+                torch.save(state, twin["state"])
+        accelerator.wait_for_everyone()  # no process reads the state before it is complete
 
     start = last_save = time.perf_counter()
     resumed_at, bad_in_a_row = step, 0
@@ -219,7 +255,9 @@ def fit_segformer(
         side = 32 * int(round(config.crop * config.input_scale * jitter / 32))
         x = F.interpolate((x - mean) / std, size=(side, side), mode="bilinear", align_corners=False)
         with amp:
-            loss = loss_fn(model(pixel_values=x).logits, y[:, 0], config, y[:, 1] if y.shape[1] > 1 else None)
+            loss = loss_fn(
+                trained(pixel_values=x).logits, y[:, 0], config, y[:, 1] if y.shape[1] > 1 else None
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -247,7 +285,8 @@ def fit_segformer(
             else:
                 left = config.max_seconds - (elapsed + time.perf_counter() - start)
                 total = max(step + 1, min(total, step + int(left / ((time.perf_counter() - warm) / 20))))
-        if progress and (step % config.log_every == 0 or step == total):
+                total = agree(accelerator, total)  # every process stops at the same step
+        if progress and accelerator.is_main_process and (step % config.log_every == 0 or step == total):
             logger.info(
                 "%s step %d/%d loss %.4f (%.1f s)",
                 name,
@@ -256,10 +295,15 @@ def fit_segformer(
                 float(torch.stack(losses[-config.log_every :]).mean()) if losses else float("nan"),
                 elapsed + time.perf_counter() - start,
             )
-        if state_path is not None and (time.perf_counter() - last_save > config.save_every or step == total):
+        due = time.perf_counter() - last_save > config.save_every or step == total
+        if state_path is not None and agree(accelerator, due):
             save_state()
             last_save = time.perf_counter()
-    losses = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)
+    returned = model if average is None else average.module
+    share_buffers(accelerator, returned)
+    losses = (
+        mean_over_processes(accelerator, torch.stack(losses).float()).cpu().numpy() if losses else np.zeros(0)
+    )
     seconds = elapsed + time.perf_counter() - start
     record = {
         "steps": step,
@@ -273,5 +317,6 @@ def fit_segformer(
         ],
         "device": device,
         "skipped_steps": skipped,
+        "processes": processes,
     }
-    return (model if average is None else average.module).eval(), record
+    return returned.eval(), record
