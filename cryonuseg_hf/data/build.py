@@ -14,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cryonuseg_hf.core.files import staged_folder
 from cryonuseg_hf.data.parquet import PARQUET_NAME, write_config
-from cryonuseg_hf.data.readers import read_slide_sheet
-from cryonuseg_hf.data.release import MARKUPS, Release, default_source, open_release
-from cryonuseg_hf.data.release_checks import check_release
-from cryonuseg_hf.data.rows import encode_images, generate_examples, summarize
+from cryonuseg_hf.data.readers import ReleaseContents, read_release
+from cryonuseg_hf.data.release import MARKUPS, default_source, open_release
+from cryonuseg_hf.data.release_checks import check_contents
+from cryonuseg_hf.data.rows import generate_examples, summarize, tile_pngs
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +74,29 @@ def check_output_folder(out_dir: Path, overwrite: bool) -> None:
 
 @dataclass(frozen=True)
 class BuiltDataset:
-    """What a build wrote, for its card: the configs' sizes and counts, the slide sheet, and the release read."""
+    """What a build wrote, for its card: the configs' sizes and counts, and the release's files as read."""
 
-    release: Release
+    contents: ReleaseContents
     splits: dict[str, dict]
     """config -> ``num_bytes``, ``num_examples`` and ``download_size`` of its Parquet file."""
     summaries: dict[str, dict]
     """config -> counts of tiles, ROIs and instances (:func:`cryonuseg_hf.data.rows.summarize`)."""
-    metadata: dict[str, dict]
-    """tile id -> slide metadata (:func:`cryonuseg_hf.data.readers.read_slide_sheet`)."""
+
+    @property
+    def metadata(self) -> dict[str, dict]:
+        """tile id -> slide metadata (:func:`cryonuseg_hf.data.readers.read_slide_sheet`)."""
+        assert self.contents.metadata is not None  # a build's contents passed the check
+        return self.contents.metadata
+
+    def instance_masks(self) -> dict[str, dict[str, np.ndarray]]:
+        """config -> tile id -> its ``instance_mask`` (the released ``label masks modify``, uint16)."""
+        return {
+            markup: {
+                tile: files.masks[markup]["label_masks_modify"].array
+                for tile, files in self.contents.tiles.items()
+            }
+            for markup in self.splits
+        }
 
 
 def build(
@@ -104,7 +120,8 @@ def build(
             hold :data:`CARD_MARKER` (:func:`cryonuseg_hf.reports.dataset_card.dataset_card` does).
         overwrite: replace a previous build in ``out_dir``; other content is never deleted.
         markups: the configs to build (all three by default).
-        timings: if given, filled with seconds per stage (``open``, ``images``, each mark-up, ``card``, ``total``).
+        timings: if given, filled with seconds per stage (``read``: finding and reading every file once,
+            ``check``, ``images``: the tile PNGs, each mark-up, ``card``) and in all (``total``).
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -129,21 +146,22 @@ def build(
         raise ValueError(f"unknown or no mark-ups {unknown or markups}; expected some of {MARKUPS}")
     check_output_folder(out_dir, overwrite)
     release = open_release(default_source() if source is None else source, markups=tuple(markups))
-    check_release(release, tuple(markups))
-    metadata = read_slide_sheet(release)
-    lap("open")
-    images = encode_images(release)
+    contents = read_release(release, tuple(markups))
+    lap("read")
+    check_contents(contents)
+    lap("check")
+    images = tile_pngs(contents)
     lap("images")
 
     with staged_folder(out_dir) as partial:
         splits, summaries = {}, {}
         for markup in (m for m in MARKUPS if m in markups):
-            rows = [row for _, row in generate_examples(release, markup, metadata, images)]
+            rows = [row for _, row in generate_examples(contents, markup, images)]
             splits[markup] = write_config(rows, partial / markup / PARQUET_NAME)
             summaries[markup] = summarize(rows)
             logger.info("%s: %d tiles, %d ROIs", markup, len(rows), summaries[markup]["n_nuclei"])
             lap(markup)
-        text = card(BuiltDataset(release, splits, summaries, metadata))
+        text = card(BuiltDataset(contents, splits, summaries))
         (partial / "README.md").write_text(text, encoding="utf-8")
         lap("card")
     if timings is not None:

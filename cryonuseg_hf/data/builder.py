@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datasets
 
+from cryonuseg_hf.data.readers import read_release
 from cryonuseg_hf.data.release import DEFAULT_MARKUP, MARKUP_FOLDERS, MARKUPS, default_source, open_release
-from cryonuseg_hf.data.release_checks import check_release
+from cryonuseg_hf.data.release_checks import check_contents
 from cryonuseg_hf.data.rows import features, generate_examples
 
 VERSION = "1.0.0"
@@ -42,7 +43,7 @@ class CryoNuSegConfig(datasets.BuilderConfig):
 
 class CryoNuSeg(datasets.GeneratorBasedBuilder):
     """CryoNuSeg, one config per mark-up; rows from :func:`cryonuseg_hf.data.rows.generate_examples`, after the
-    release's files are checked (:func:`cryonuseg_hf.data.release_checks.check_release`).
+    release's files are read once and checked (:func:`cryonuseg_hf.data.release_checks.check_contents`).
 
     Usage: ``CryoNuSeg(config_name="annotator2", data_dir=<release>).download_and_prepare(output_dir=<folder>,
     file_format="parquet")``.
@@ -69,6 +70,6 @@ class CryoNuSeg(datasets.GeneratorBasedBuilder):
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"source": source})]
 
     def _generate_examples(self, source):
-        release = open_release(source, markups=(self.config.name,))
-        check_release(release, (self.config.name,))
-        yield from generate_examples(release, self.config.name)
+        contents = read_release(open_release(source, markups=(self.config.name,)), (self.config.name,))
+        check_contents(contents)
+        yield from generate_examples(contents, self.config.name)

@@ -1,19 +1,24 @@
-"""Readers of the released files, one per kind, each returning a checked array; errors name the file.
+"""Readers of the released files, one per kind, each returning a checked array; errors name the file; and
+:func:`read_release`, which reads every file a build needs once.
 
-A released file is read here and nowhere else, so that every caller sees the same checks and messages.
+A released file is read here and nowhere else, so that every caller sees the same checks and messages. The check
+(:mod:`cryonuseg_hf.data.release_checks`) and the rows (:mod:`cryonuseg_hf.data.rows`) both work on what
+:func:`read_release` returns, so a build decodes each file once.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cryonuseg_hf.core.folds import TILE_IDS
 from cryonuseg_hf.core.tiles import TILE_SHAPE
 from cryonuseg_hf.data.metadata import read_slide_metadata
-from cryonuseg_hf.data.release import Release, ReleaseError
+from cryonuseg_hf.data.release import RELEASED_VARIANTS, Release, ReleaseError
 from cryonuseg_hf.data.rois import Nucleus, read_roi_set
 
 
@@ -75,16 +80,20 @@ def read_released_labels(path: Path) -> np.ndarray:
     return labels.astype(np.uint16, copy=False)
 
 
+LABEL_COLUMNS = ("label_masks_modify", "label_masks")
+"""Released variants that are uint16 label images (:func:`read_released_labels`); the others are 8-bit."""
+
+
 @dataclass(frozen=True)
-class ReleasedMap:
-    """An 8-bit released mask or map: its pixels, and the file's bytes when they can be stored as they are."""
+class ReleasedMask:
+    """A released mask of one tile: its pixels, and the file's bytes when they can be stored as they are."""
 
     array: np.ndarray
-    png: bytes | None
-    """The released PNG, verbatim (its decoding checked); ``None`` for another format, stored re-encoded."""
+    png: bytes | None = None
+    """The released 8-bit PNG, verbatim (its decoding checked); ``None`` for a label image or another format."""
 
 
-def read_released_map(path: Path) -> ReleasedMap:
+def read_released_map(path: Path) -> ReleasedMask:
     """An 8-bit released mask or map (``mask binary``, ``distance maps``, ...), checked to be 512x512 uint8.
 
     A PNG is decoded once, which checks its CRCs (a truncated or damaged PNG fails here), and kept verbatim.
@@ -95,7 +104,7 @@ def read_released_map(path: Path) -> ReleasedMap:
         array = read_mask(path)
         if array.shape != TILE_SHAPE or array.dtype != np.uint8:
             raise ValueError(f"{path}: expected a 512x512 uint8 mask, got shape {array.shape} {array.dtype}")
-        return ReleasedMap(array, None)
+        return ReleasedMask(array)
     data = path.read_bytes()
     if not data:
         raise ValueError(f"{path}: empty file (0 bytes)")
@@ -111,7 +120,7 @@ def read_released_map(path: Path) -> ReleasedMap:
         raise ValueError(
             f"{path}: expected a 512x512 8-bit grayscale PNG, got {size[0]}x{size[1]} mode {mode}"
         )
-    return ReleasedMap(array, data)
+    return ReleasedMask(array, data)
 
 
 def read_nuclei(path: Path) -> list[Nucleus]:
@@ -132,3 +141,88 @@ def read_slide_sheet(release: Release) -> dict[str, dict]:
     if release.metadata_xlsx is None:
         raise ReleaseError(release.root, [f"{release.root}: missing metadata/Selected_WSIs.xlsx"])
     return read_slide_metadata(release.metadata_xlsx)
+
+
+@dataclass
+class TileContents:
+    """Everything read for one tile; a file that did not read is absent (its problem is in the release's list)."""
+
+    tile: str
+    image: np.ndarray | None = None
+    """512x512x3 uint8 (:func:`read_tile_image`)."""
+    nuclei: dict[str, list[Nucleus]] = field(default_factory=dict)
+    """mark-up -> the ROIs of its ROI set (:func:`read_nuclei`)."""
+    masks: dict[str, dict[str, ReleasedMask]] = field(default_factory=dict)
+    """mark-up -> released variant column (``RELEASED_VARIANTS``) -> mask."""
+
+
+@dataclass
+class ReleaseContents:
+    """Every file of a release that a build reads, read once, and the problems of the files that did not read."""
+
+    release: Release
+    markups: tuple[str, ...]
+    """The mark-ups read: those asked for that have all their released mask folders."""
+    metadata: dict[str, dict] | None
+    """tile id -> slide metadata (:func:`read_slide_sheet`); ``None`` when the sheet did not read."""
+    tiles: dict[str, TileContents]
+    """tile id -> its files, in ``TILE_IDS`` order."""
+    problems: list[str]
+    """One line per file that is missing or did not read, naming the file."""
+
+
+def read_release(release: Release, markups: tuple[str, ...] | None = None) -> ReleaseContents:
+    """Read every file of ``markups`` once: tile images, ROI sets, released masks and the slide sheet.
+
+    Nothing is raised for a bad file: its problem is listed, and the check
+    (:func:`cryonuseg_hf.data.release_checks.check_contents`) reports every problem together.
+
+    Args:
+        release: from :func:`cryonuseg_hf.data.release.open_release`.
+        markups: the mark-ups to read (default: all in ``release``).
+    """
+    problems: list[str] = []
+
+    def attempt(reader: Callable, *args):
+        try:
+            return reader(*args)
+        except (ValueError, OSError) as error:  # RoiError and ReleaseError are ValueErrors
+            problems.extend(error.problems if isinstance(error, ReleaseError) else [str(error)])
+            return None
+
+    complete = []
+    for markup in tuple(release.markups) if markups is None else markups:
+        missing = _missing_variants(release, markup)
+        problems.extend(missing)
+        if not missing:
+            complete.append(markup)
+    tiles = {
+        tile: TileContents(tile, image=attempt(read_tile_image, release.images[tile])) for tile in TILE_IDS
+    }
+    metadata = attempt(read_slide_sheet, release)
+    for markup in complete:
+        files = release.markups[markup]
+        for tile, contents in tiles.items():
+            nuclei = attempt(read_nuclei, files.rois[tile])
+            if nuclei is not None:
+                contents.nuclei[markup] = nuclei
+            masks = {
+                column: attempt(_read_variant, column, paths[tile])
+                for column, paths in files.variants.items()
+            }
+            contents.masks[markup] = {column: mask for column, mask in masks.items() if mask is not None}
+    return ReleaseContents(release, tuple(complete), metadata, tiles, problems)
+
+
+def _read_variant(column: str, path: Path) -> ReleasedMask:
+    """A released mask of variant ``column``: a label image, or an 8-bit mask or map."""
+    return ReleasedMask(read_released_labels(path)) if column in LABEL_COLUMNS else read_released_map(path)
+
+
+def _missing_variants(release: Release, markup: str) -> list[str]:
+    """A problem naming the released mask folders that ``markup`` lacks (empty when it has them all)."""
+    files = release.markups[markup]
+    missing = [RELEASED_VARIANTS[c] for c in RELEASED_VARIANTS if c not in files.variants]
+    if not missing:
+        return []
+    return [f"{files.folder}: missing released mask folder(s): {', '.join(repr(m) for m in missing)}"]

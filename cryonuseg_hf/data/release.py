@@ -9,24 +9,23 @@ The release is messy in known ways, and this module is the one place that knows 
   and some hold the ROIs unzipped, one folder of ``.roi`` files per tile.
 
 :func:`open_release` finds every file, checks that the release is complete (30 tiles, one ROI set per tile
-per mark-up) and returns a :class:`Release` of plain paths. Nothing here decodes pixels; ``validate_images``
-does, on request, because it costs a second, and :func:`cryonuseg_hf.data.release_checks.check_release` reads every file and
-checks that the files belong together (what ``cryonuseg-hf check`` runs).
+per mark-up) and returns a :class:`Release` of plain paths. Nothing here decodes pixels: the files are read by
+:mod:`cryonuseg_hf.data.readers` and checked to belong together by :mod:`cryonuseg_hf.data.release_checks`
+(what ``cryonuseg-hf check`` runs).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryonuseg_hf.core.files import staged_folder
 from cryonuseg_hf.core.folds import TILE_IDS
 from cryonuseg_hf.core.paths import SHARED_DIR
-from cryonuseg_hf.core.tiles import TILE_SHAPE
 
 DATA_ENV = "CRYONUSEG_DATA"
 """Environment variable naming a raw release folder or zip; tests and benchmarks read it."""
@@ -245,30 +244,12 @@ def open_release(source: str | Path, markups: tuple[str, ...] = MARKUPS) -> Rele
     )
 
 
-def validate_images(release: Release) -> None:
-    """Decode every tile and check it is 512x512 RGB uint8; raise :class:`ReleaseError` listing each bad file."""
-    import tifffile
-
-    problems = []
-    for path in release.images.values():
-        try:
-            image = tifffile.imread(path)
-        except Exception as error:  # tifffile raises many types for corrupt files
-            problems.append(f"{path}: unreadable TIFF ({type(error).__name__}: {error})")
-            continue
-        if image.shape != (*TILE_SHAPE, 3) or image.dtype.name != "uint8":
-            problems.append(
-                f"{path}: expected a 512x512 RGB uint8 image, got shape {image.shape} {image.dtype}"
-            )
-    if problems:
-        raise ReleaseError(release.root, problems)
-
-
 def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:
     """Extract the Kaggle zip into ``cache_dir`` (default: a folder beside the zip's name in the temp dir).
 
     Every member path is checked before anything is written: a member that would land outside the target
-    (absolute paths, ``..``) raises ``ReleaseError`` and nothing is extracted. A finished extraction is reused.
+    (absolute paths, ``..``) raises ``ReleaseError`` and nothing is extracted. The extraction is put in place
+    all-or-nothing (:func:`cryonuseg_hf.core.files.staged_folder`), so a finished one is reused.
     """
     archive = Path(archive)
     try:
@@ -290,14 +271,7 @@ def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:
             raise ReleaseError(
                 archive, [f"{archive}: member paths escape the extraction folder: {', '.join(escaping[:5])}"]
             )
-        base.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=base))
-        try:
-            zf.extractall(partial)
-            (partial / ".complete").touch()
-            if target.exists():
-                shutil.rmtree(target)
-            partial.rename(target)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
+        with staged_folder(target) as staging:
+            zf.extractall(staging)
+            (staging / ".complete").touch()
     return target

@@ -1,33 +1,19 @@
-"""Checks that a release's files read and belong together: what ``cryonuseg-hf check`` runs and ``build`` runs
-first.
+"""Checks that a release's files read and belong together: what ``cryonuseg-hf check`` runs, and what
+``build`` runs on the files it has read before it writes anything.
 
-Every file :func:`cryonuseg_hf.data.build.build` reads is read with the same readers
-(:mod:`cryonuseg_hf.data.readers`), and per tile the files are compared with each other: ROI set against label
-mask, the other masks against the label mask, the label mask against the tile image, the slide sheet's count
-against the ROI count, and the mark-ups of a tile against each other. A file of another tile fails these by a
-wide margin; each tolerance says what the real release measures.
+Every file is read once (:func:`cryonuseg_hf.data.readers.read_release`), and per tile the files are compared
+with each other: ROI set against label mask, the other masks against the label mask, the label mask against the
+tile image, the slide sheet's count against the ROI count, and the mark-ups of a tile against each other. A file
+of another tile fails these by a wide margin; each tolerance says what the real release measures.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cryonuseg_hf.core.folds import TILE_IDS
-from cryonuseg_hf.data.readers import (
-    read_nuclei,
-    read_released_labels,
-    read_released_map,
-    read_slide_sheet,
-    read_tile_image,
-)
-from cryonuseg_hf.data.release import RELEASED_VARIANTS, Release, ReleaseError
+from cryonuseg_hf.data.readers import ReleaseContents, TileContents, read_release
+from cryonuseg_hf.data.release import Release, ReleaseError
 from cryonuseg_hf.data.roi_checks import own_label_fraction
-from cryonuseg_hf.data.rois import Nucleus
-
-LABEL_COLUMNS = ("label_masks_modify", "label_masks")
-"""Released uint16 label images; stored as 16-bit PNG."""
-RELEASED_COLUMNS = tuple(c for c in RELEASED_VARIANTS if c != "label_masks_modify")
-"""Released variants stored under their own name; ``label_masks_modify`` is the ``instance_mask`` column."""
 
 # Cross-file relations of a release, each with its tolerance and what it was measured as on the real release
 # (../shared/datasets/cryonuseg, all 30 tiles x 3 mark-ups; `python benchmarks/robustness_report.py` re-measures
@@ -74,62 +60,9 @@ def foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
-def _tile_relations(
-    tile: str,
-    markup: str,
-    files,
-    nuclei: list[Nucleus],
-    labels: np.ndarray,
-    image: np.ndarray | None,
-    variants: dict[str, np.ndarray],
-    metadata: dict[str, dict] | None,
-) -> list[str]:
-    """Problems with how one tile's files of one mark-up relate to each other (empty when they belong together)."""
-    problems = []
-    roi_path, mask_path = files.rois[tile], files.variants["label_masks_modify"][tile]
-    fix = "the files do not belong together: put back the right file for this tile"
-    if int(labels.max()) > len(nuclei):
-        problems.append(
-            f"{mask_path}: label {int(labels.max())} but the ROI set {roi_path} holds only {len(nuclei)} ROIs; {fix}"
-        )
-    own = own_label_fraction(nuclei, labels)
-    if own < MIN_OWN_LABEL_FRACTION:
-        problems.append(
-            f"{roi_path}: only {own:.1%} of the ROI pixels carry their own label in {mask_path} "
-            f"(at least {MIN_OWN_LABEL_FRACTION:.0%} expected; the release has >= 92.4%); {fix}"
-        )
-    if image is not None:
-        contrast = nucleus_contrast(image, labels)
-        if contrast > MAX_NUCLEUS_CONTRAST:
-            problems.append(
-                f"{mask_path}: its nuclei are not darker than the rest of the tile image "
-                f"(grey-level ratio {contrast:.3f}, at most {MAX_NUCLEUS_CONTRAST} expected; the release has <= 0.712): "
-                f"mask and tile image do not belong together; put back the right file for this tile"
-            )
-    for column, array in variants.items():
-        path = files.variants[column][tile]
-        if column in SAME_FOREGROUND and not np.array_equal(array > 0, labels > 0):
-            problems.append(f"{path}: its nuclei differ from those of {mask_path}; {fix}")
-        if column in INSIDE_FOREGROUND and np.any((array > 0) & (labels == 0)):
-            problems.append(f"{path}: it marks pixels outside the nuclei of {mask_path}; {fix}")
-    if metadata is not None and tile in metadata:
-        expected = metadata[tile].get(f"n_cells_{markup}")
-        if expected is not None and expected != len(nuclei):
-            problems.append(
-                f"{roi_path}: holds {len(nuclei)} ROIs but the slide sheet counts {expected} nuclei for {tile} "
-                f"({markup}); {fix} (or correct the sheet)"
-            )
-    return problems
-
-
 def check_release(release: Release, markups: tuple[str, ...] | None = None) -> dict[str, int]:
-    """Read every file :func:`cryonuseg_hf.data.build.build` reads, with the same readers, and check how the files relate to each other.
-
-    Each tile image, ROI set, released mask and the slide sheet must decode and have the right size and type; and
-    per tile and mark-up the ROI set must match ``label masks modify`` (:data:`MIN_OWN_LABEL_FRACTION`), the other
-    masks must mark the same nuclei, the nuclei must be darker than the rest of the tile image
-    (:data:`MAX_NUCLEUS_CONTRAST`), the sheet's nucleus count must equal the ROI count, and two mark-ups of the
-    same tile must overlap (:data:`MIN_MARKUP_DICE`).
+    """Read every file a build reads (:func:`cryonuseg_hf.data.readers.read_release`) and check them
+    (:func:`check_contents`).
 
     Args:
         release: from :func:`cryonuseg_hf.data.release.open_release`.
@@ -141,70 +74,97 @@ def check_release(release: Release, markups: tuple[str, ...] | None = None) -> d
     Raises:
         ReleaseError: every problem found, each naming the file.
     """
-    markups = tuple(release.markups) if markups is None else markups
-    problems: list[str] = []
+    return check_contents(read_release(release, markups))
 
-    def attempt(function, *args):
-        try:
-            return function(*args)
-        except (ValueError, OSError) as error:  # RoiError and ReleaseError are ValueErrors
-            problems.extend(error.problems if isinstance(error, ReleaseError) else [str(error)])
-            return None
 
-    images = {tile: attempt(read_tile_image, path) for tile, path in release.images.items()}
-    metadata = attempt(read_slide_sheet, release)
-    foregrounds: dict[str, dict[str, np.ndarray]] = {}
-    counts = {}
-    for markup in markups:
-        try:
-            require_variants(release, markup)
-        except ReleaseError as error:
-            problems.extend(error.problems)
-            continue
-        files = release.markups[markup]
-        counts[markup] = 0
-        for tile in TILE_IDS:
-            nuclei = attempt(read_nuclei, files.rois[tile])
-            labels = attempt(read_released_labels, files.variants["label_masks_modify"][tile])
-            variants = {}
-            for column in RELEASED_COLUMNS:
-                path = files.variants[column][tile]
-                if column in LABEL_COLUMNS:
-                    array = attempt(read_released_labels, path)
-                else:
-                    released = attempt(read_released_map, path)
-                    array = None if released is None else released.array
-                if array is not None:
-                    variants[column] = array
-            if nuclei is None or labels is None:
-                continue
-            counts[markup] += len(nuclei)
-            foregrounds.setdefault(tile, {})[markup] = labels
-            problems.extend(
-                _tile_relations(tile, markup, files, nuclei, labels, images[tile], variants, metadata)
-            )
-    for tile, by_markup in foregrounds.items():
-        names = list(by_markup)
-        for i, first in enumerate(names):
-            for second in names[i + 1 :]:
-                dice = foreground_dice(by_markup[first], by_markup[second])
-                if dice < MIN_MARKUP_DICE:
-                    problems.append(
-                        f"{release.markups[second].variants['label_masks_modify'][tile]}: overlaps the {first} mask "
-                        f"of {tile} with Dice {dice:.3f} only (at least {MIN_MARKUP_DICE} expected; the release "
-                        f"has >= 0.612): one of the two is another tile's; put back the right file"
-                    )
+def check_contents(contents: ReleaseContents) -> dict[str, int]:
+    """Check that every file of a release read, and how the files of each tile relate to each other.
+
+    Each tile image, ROI set, released mask and the slide sheet must have read with the right size and type; and
+    per tile and mark-up the ROI set must match ``label masks modify`` (:data:`MIN_OWN_LABEL_FRACTION`), the other
+    masks must mark the same nuclei, the nuclei must be darker than the rest of the tile image
+    (:data:`MAX_NUCLEUS_CONTRAST`), the sheet's nucleus count must equal the ROI count, and two mark-ups of the
+    same tile must overlap (:data:`MIN_MARKUP_DICE`).
+
+    Args:
+        contents: from :func:`cryonuseg_hf.data.readers.read_release`.
+
+    Returns:
+        ROIs per mark-up.
+
+    Raises:
+        ReleaseError: every problem found, each naming the file.
+    """
+    problems = list(contents.problems)
+    counts = dict.fromkeys(contents.markups, 0)
+    for tile in contents.tiles.values():
+        for markup in contents.markups:
+            if markup in tile.nuclei and "label_masks_modify" in tile.masks[markup]:
+                counts[markup] += len(tile.nuclei[markup])
+                problems += _markup_problems(contents, tile, markup)
+        problems += _markup_overlaps(contents, tile)
     if problems:
-        raise ReleaseError(release.root, problems)
+        raise ReleaseError(contents.release.root, problems)
     return counts
 
 
-def require_variants(release: Release, markup: str) -> None:
-    """Raise :class:`ReleaseError` when ``markup`` lacks one of the released mask folders."""
-    files = release.markups[markup]
-    missing = [RELEASED_VARIANTS[c] for c in RELEASED_VARIANTS if c not in files.variants]
-    if missing:
-        raise ReleaseError(
-            release.root,
-            [f"{files.folder}: missing released mask folder(s): {', '.join(repr(m) for m in missing)}"],
+def _markup_problems(contents: ReleaseContents, tile: TileContents, markup: str) -> list[str]:
+    """How one tile's files of one mark-up relate to each other and to the tile image and the sheet (empty when
+    they belong together)."""
+    files = contents.release.markups[markup]
+    nuclei, masks = tile.nuclei[markup], tile.masks[markup]
+    labels = masks["label_masks_modify"].array
+    roi_path, mask_path = files.rois[tile.tile], files.variants["label_masks_modify"][tile.tile]
+    fix = "the files do not belong together: put back the right file for this tile"
+    problems = []
+    if int(labels.max()) > len(nuclei):
+        problems.append(
+            f"{mask_path}: label {int(labels.max())} but the ROI set {roi_path} holds only {len(nuclei)} ROIs; {fix}"
         )
+    own = own_label_fraction(nuclei, labels)
+    if own < MIN_OWN_LABEL_FRACTION:
+        problems.append(
+            f"{roi_path}: only {own:.1%} of the ROI pixels carry their own label in {mask_path} "
+            f"(at least {MIN_OWN_LABEL_FRACTION:.0%} expected; the release has >= 92.4%); {fix}"
+        )
+    if tile.image is not None:
+        contrast = nucleus_contrast(tile.image, labels)
+        if contrast > MAX_NUCLEUS_CONTRAST:
+            problems.append(
+                f"{mask_path}: its nuclei are not darker than the rest of the tile image "
+                f"(grey-level ratio {contrast:.3f}, at most {MAX_NUCLEUS_CONTRAST} expected; the release has <= 0.712): "
+                f"mask and tile image do not belong together; put back the right file for this tile"
+            )
+    for column, mask in masks.items():
+        path = files.variants[column][tile.tile]
+        if column in SAME_FOREGROUND and not np.array_equal(mask.array > 0, labels > 0):
+            problems.append(f"{path}: its nuclei differ from those of {mask_path}; {fix}")
+        if column in INSIDE_FOREGROUND and np.any((mask.array > 0) & (labels == 0)):
+            problems.append(f"{path}: it marks pixels outside the nuclei of {mask_path}; {fix}")
+    expected = (contents.metadata or {}).get(tile.tile, {}).get(f"n_cells_{markup}")
+    if expected is not None and expected != len(nuclei):
+        problems.append(
+            f"{roi_path}: holds {len(nuclei)} ROIs but the slide sheet counts {expected} nuclei for {tile.tile} "
+            f"({markup}); {fix} (or correct the sheet)"
+        )
+    return problems
+
+
+def _markup_overlaps(contents: ReleaseContents, tile: TileContents) -> list[str]:
+    """Every pair of mark-ups of a tile whose label masks overlap less than :data:`MIN_MARKUP_DICE`."""
+    labels = {
+        m: tile.masks[m]["label_masks_modify"].array
+        for m in contents.markups
+        if m in tile.nuclei and "label_masks_modify" in tile.masks[m]
+    }
+    names, problems = list(labels), []
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            dice = foreground_dice(labels[first], labels[second])
+            if dice < MIN_MARKUP_DICE:
+                problems.append(
+                    f"{contents.release.markups[second].variants['label_masks_modify'][tile.tile]}: overlaps the "
+                    f"{first} mask of {tile.tile} with Dice {dice:.3f} only (at least {MIN_MARKUP_DICE} expected; "
+                    f"the release has >= 0.612): one of the two is another tile's; put back the right file"
+                )
+    return problems

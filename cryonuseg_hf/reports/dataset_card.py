@@ -138,9 +138,12 @@ def dataset_card(built: BuiltDataset) -> str:
     """The ``README.md`` of a build (what :func:`cryonuseg_hf.data.build.build` takes as ``card``): the card of
     :func:`render_card`, with the human agreement when all three mark-ups were built."""
     from cryonuseg_hf.data.rows import features
-    from cryonuseg_hf.evaluation.agreement import human_agreement
+    from cryonuseg_hf.evaluation.agreement import COMPARISONS, markup_pairs, observer_comparisons
 
-    agreement = human_agreement(built.release) if set(built.splits) == set(MARKUPS) else None
+    agreement = None
+    if set(built.splits) == set(MARKUPS):
+        references = sorted({reference for reference, _ in COMPARISONS.values()})
+        agreement = observer_comparisons(markup_pairs(built.instance_masks(), references, TILE_IDS))
     return render_card(built.splits, built.summaries, features(), built.metadata, agreement)
 
 
@@ -293,7 +296,7 @@ def render_card(
             "## Human agreement (reference rows)",
             "",
             "How well one manual mark-up scores against another, computed at build time by "
-            "`cryonuseg_hf.evaluation.agreement.human_agreement` with the same metric code that scores models "
+            "`cryonuseg_hf.evaluation.agreement` with the same metric code that scores models "
             "(`cryonuseg_hf.evaluation.metrics`): mean over the 30 tiles of the `instance_mask` of each config. "
             "`intra_observer` compares Annotator 1's two rounds, `inter_observer` the two annotators; Annotator 1 "
             "round 2 is the reference in both, as in the CryoNuSeg paper (AJI 0.605 / PQ 0.570 and 0.525 / 0.493 "
