@@ -22,7 +22,8 @@ peer our SegFormer must beat. This script
    The settings take turns tile by tile, so a load change on a shared machine hits all three alike.
 
 Writes ``results/peers.json`` (everything, per tile included) and ``results/peers.md`` (summary tables, beside the
-human agreement of ``results/human_agreement.json`` when that file exists). Run from the repository root::
+intra- and inter-observer agreement on the same tiles, from ``cryonuseg_hf.evaluation.agreement``). Run from the
+repository root::
 
     .venv/bin/python benchmarks/bench_peers.py
 
@@ -65,7 +66,7 @@ SETTINGS: dict[str, str] = {
 }
 METRIC_COLUMNS = (("aji", "AJI"), ("aji_plus", "AJI+"), ("pq", "PQ"), ("dice", "Dice"))
 HUMAN_ROWS = (("intra_observer", "intra-observer"), ("inter_observer", "inter-observer"))
-"""Rows of ``results/human_agreement.json`` shown beside the model: A1r1 resp. A2 scored against A1r2."""
+"""Human agreement shown beside the model: A1r1 resp. A2 scored against A1r2."""
 
 
 def default_model_dir() -> Path:
@@ -303,12 +304,13 @@ def score_setting(predictions: list[np.ndarray], tiles: dict[str, Any]) -> dict[
     return scored
 
 
-def human_agreement(results_dir: Path) -> dict[str, Any] | None:
-    path = results_dir / "human_agreement.json"
-    if not path.is_file():
-        return None
-    agreement = json.loads(path.read_text())
-    return {name: agreement[name] for name, _ in HUMAN_ROWS}
+def human_agreement(tiles: dict[str, Any]) -> dict[str, Any]:
+    """The intra- and inter-observer comparisons on the loaded tiles (``HUMAN_ROWS``)."""
+    from cryonuseg_hf.evaluation.agreement import COMPARISONS, markup_pairs, observer_comparisons
+
+    masks = {m: dict(zip(tiles["tile_ids"], stack, strict=True)) for m, stack in tiles["masks"].items()}
+    references = sorted({reference for reference, _ in COMPARISONS.values()})
+    return observer_comparisons(markup_pairs(masks, references, list(tiles["tile_ids"])))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -512,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "peers.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "peers.md").write_text(markdown(report, human_agreement(REPO / "results")))
+    (args.out / "peers.md").write_text(markdown(report, human_agreement(tiles)))
     for setting in SETTINGS:
         means = report["settings"][setting]["means"][REFERENCE]
         print(setting, {k: round(v, 4) for k, v in means.items()})
