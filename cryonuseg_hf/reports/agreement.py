@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cryonuseg_hf.core.files import staged_files
 from cryonuseg_hf.core.machine import machine_description
 from cryonuseg_hf.core.markdown import table
 from cryonuseg_hf.evaluation.agreement import PAPER, VARIANT, human_agreement, orientations
@@ -103,7 +104,8 @@ def agreement_markdown(
 
 
 def write_agreement(release, out_dir: Path | str) -> tuple[dict[str, dict[str, Any]], dict[str, Path]]:
-    """Compute the agreement and write ``human_agreement.json``, ``.md`` and ``human_agreement_per_tile.csv``.
+    """Compute the agreement and write ``human_agreement.json``, ``.md`` and ``human_agreement_per_tile.csv``, all
+    three or none (:func:`cryonuseg_hf.core.files.staged_files`).
 
     Returns:
         the result of :func:`human_agreement`, and ``json``/``md``/``csv`` -> the path written.
@@ -127,15 +129,16 @@ def write_agreement(release, out_dir: Path | str) -> tuple[dict[str, dict[str, A
         **agreement,
         "orientations": orientation_rows,
     }
-    paths["json"].write_text(json.dumps(document, indent=2) + "\n")
-    paths["md"].write_text(agreement_markdown(agreement, orientation_rows, machine))
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["comparison", "reference", "prediction", "tile_id", "organ", *METRICS, *COUNTS])
-        for name, result in agreement.items():
-            for tile, row in result["per_tile"].items():
-                writer.writerow(
-                    [name, result["reference"], result["prediction"], tile, row["organ"]]
-                    + [row[k] for k in (*METRICS, *COUNTS)]
-                )
+    with staged_files(paths) as staged:
+        staged["json"].write_text(json.dumps(document, indent=2) + "\n")
+        staged["md"].write_text(agreement_markdown(agreement, orientation_rows, machine))
+        with staged["csv"].open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["comparison", "reference", "prediction", "tile_id", "organ", *METRICS, *COUNTS])
+            for name, result in agreement.items():
+                for tile, row in result["per_tile"].items():
+                    writer.writerow(
+                        [name, result["reference"], result["prediction"], tile, row["organ"]]
+                        + [row[k] for k in (*METRICS, *COUNTS)]
+                    )
     return agreement, paths
