@@ -35,7 +35,7 @@ CV_METRICS = Path("results/cv/metrics.json")
 """Where the SegFormer CV scores live in a checkout (``cryonuseg-hf train --cv``)."""
 
 
-def summarise(per_tile: Mapping[str, Mapping[str, Any]], tiles: Sequence[str]) -> dict[str, Any]:
+def summarise_tiles(per_tile: Mapping[str, Mapping[str, Any]], tiles: Sequence[str]) -> dict[str, Any]:
     """Means over ``tiles`` of per-tile metrics, overall, per organ and per fold (fold k = organ k).
 
     Returns:
@@ -65,10 +65,10 @@ def human_beside(
     masks: Mapping[str, Mapping[str, np.ndarray]], references: Sequence[str], tiles: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
     """For each reference mark-up: every other loaded mark-up scored as a prediction against it, on ``tiles``
-    (:func:`cryonuseg_hf.evaluation.agreement.markup_pairs`), as ``relation`` and a :func:`summarise`."""
+    (:func:`cryonuseg_hf.evaluation.agreement.markup_pairs`), as ``relation`` and a :func:`summarise_tiles`."""
     return {
         reference: {
-            other: {"relation": pair["relation"]} | summarise(pair["per_tile"], tiles)
+            other: {"relation": pair["relation"]} | summarise_tiles(pair["per_tile"], tiles)
             for other, pair in others.items()
         }
         for reference, others in markup_pairs(masks, references, tiles).items()
@@ -96,7 +96,7 @@ def cv_beside(
         if lacking:
             logger.warning("%s: no CV score vs %s for %s; left out", path, reference, ", ".join(lacking[:3]))
             continue
-        beside[reference] = summarise(rows, tiles)
+        beside[reference] = summarise_tiles(rows, tiles)
     return beside
 
 
@@ -149,7 +149,7 @@ def score_folder(
     Returns:
         A JSON-ready report: ``name``, ``folder``, ``files`` (tile -> path), ``formats``, ``missing``, ``extra``,
         ``skipped``, ``tiles``, ``references``, ``scores`` (reference -> the metric's result),
-        ``summary`` (reference -> :func:`summarise` of the predictions), ``segformer_cv`` and ``human``
+        ``summary`` (reference -> :func:`summarise_tiles` of the predictions), ``segformer_cv`` and ``human``
         (reference -> other mark-up -> summary), all on the scored tiles; written by
         :func:`cryonuseg_hf.reports.score.write_report`.
 
@@ -195,7 +195,7 @@ def score_folder(
         "tiles": tiles,
         "references": references,
         "scores": scores,
-        "summary": {r: summarise(scores[r]["per_tile"], tiles) for r in references},
+        "summary": {r: summarise_tiles(scores[r]["per_tile"], tiles) for r in references},
         "segformer_cv": cv_beside(cv_metrics, references, tiles),
         "human": human_beside(masks, references, tiles),
     }
