@@ -5,8 +5,9 @@ The reader is ``tiffslide`` (a pure-Python reader on ``tifffile``, the TIFF engi
 reads with; it reads pyramids stored as SubIFDs, which OpenSlide's generic-TIFF driver does not, and needs no
 native library). The slide's µm/px comes from its metadata (or ``mpp``); the level read for the model is the one
 closest to the model's ``MODEL_MPP``, used as it is when within ``MPP_TOLERANCE`` and resampled to ``MODEL_MPP``
-otherwise (:func:`read_model_region`). Truncated files, one-level files, slides without µm/px and unsupported
-formats are errors that name the file and the way out.
+otherwise (:func:`read_model_region`). A slide of one level (no pyramid) is read when it is no larger than a plain
+image may be. Truncated files, larger one-level files, slides without µm/px and unsupported formats are errors that
+name the file and the way out.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cryonuseg_hf.model.images import as_rgb8
+from cryonuseg_hf.model.images import MAX_PIXELS, as_rgb8
 
 logger = logging.getLogger(__name__)
 
@@ -97,16 +99,21 @@ def is_slide(path: str | os.PathLike) -> bool:
         return False
 
 
-def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
+def open_slide(path: str | os.PathLike, mpp: float | None = None, max_pixels: int = MAX_PIXELS) -> Slide:
     """Open a whole-slide image and choose the level and scale the model reads it at.
+
+    A slide of one level (no pyramid, such as a small Aperio region) is read whole at full resolution to find
+    its tissue, so it is accepted up to ``max_pixels``, the limit of a plain image.
 
     Args:
         path: the slide file.
         mpp: µm per level-0 pixel, overriding (or standing in for) the slide's metadata.
+        max_pixels: largest slide of one level accepted.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unsupported format, truncated file, no pyramid, no µm/px (and no ``mpp``).
+        ValueError: unsupported format, truncated file, one level larger than ``max_pixels``, no µm/px (and
+            no ``mpp``).
     """
     import tiffslide
 
@@ -119,18 +126,23 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
             f"tiffslide, reads SVS, NDPI, SCN, BIF and pyramidal TIFF); {_CONVERT_HINT}"
         )
     try:
-        reader = tiffslide.TiffSlide(path)
-        dimensions = reader.level_dimensions
-        properties = reader.properties
+        with warnings.catch_warnings():
+            # tiffslide warns on every NDPI; the size, levels and µm/px read here are parsed in full
+            warnings.filterwarnings("ignore", "hamamatsu-format metadata parsing only partially implemented")
+            reader = tiffslide.TiffSlide(path)
+            dimensions = reader.level_dimensions
+            properties = reader.properties
     except Exception as error:  # tifffile raises TiffFileError, tiffslide its own types, numcodecs others
         raise ValueError(
             f"{path}: not a slide tiffslide can read ({type(error).__name__}: {error}); {_CONVERT_HINT}"
         ) from None
     _check_complete(path, reader)
-    if len(dimensions) < 2:
+    if len(dimensions) < 2 and dimensions[0][0] * dimensions[0][1] > max_pixels:
+        width, height = dimensions[0]
         raise ValueError(
-            f"{path}: one resolution level only (no pyramid), so the tissue cannot be found at a low "
-            f"resolution; give an image up to 16384 px a side a plain-image name (PNG), or {_CONVERT_HINT}"
+            f"{path}: one resolution level only (no pyramid) of {width}x{height} pixels, more than the limit of "
+            f"{max_pixels} (--max-pixels) for finding its tissue at full resolution; {_CONVERT_HINT}, or raise "
+            "--max-pixels"
         )
     if mpp is not None:
         if not mpp > 0:
@@ -141,7 +153,7 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
         if not mpp_xy[0] or not mpp_xy[1]:
             raise ValueError(
                 f"{path}: the slide does not say its µm per pixel (no resolution in its metadata); pass "
-                "--mpp (mpp=...) with the scanner's value, e.g. 0.25 for a 40x scan"
+                "--mpp (mpp=...) with the scanner's µm per level-0 pixel, e.g. 0.25 for a 40x scan, 0.5 for 20x"
             )
         mpp_xy = (float(mpp_xy[0]), float(mpp_xy[1]))
     return _choose_level(path, reader, mpp_xy)
@@ -202,9 +214,14 @@ def level_pixels(slide: Slide, level: int, rows: slice, cols: slice) -> np.ndarr
         array = slide.reader.zarr_group[str(level)]
         pixels = np.asarray(array[rows, cols])
     except Exception as error:  # codec errors of a corrupt tile come from imagecodecs, numcodecs, zarr
+        way_out = (
+            "install it: pip install imagecodecs"  # JPEG 2000, JPEG XR ... tiles need it
+            if "imagecodecs" in str(error)
+            else "is the file truncated or corrupt?"
+        )
         raise ValueError(
             f"{slide.path}: cannot read level {level} rows {rows.start}:{rows.stop} cols {cols.start}:"
-            f"{cols.stop} ({type(error).__name__}: {error}); is the file truncated or corrupt?"
+            f"{cols.stop} ({type(error).__name__}: {error}); {way_out}"
         ) from None
     if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
         raise ValueError(f"{slide.path}: level {level} has pixels of shape {pixels.shape}; expected RGB")
@@ -221,7 +238,10 @@ def read_model_region(slide: Slide, rows: slice, cols: slice) -> np.ndarray:
     s = slide.scale
     r0, c0 = max(math.floor(rows.start / s) - 1, 0), max(math.floor(cols.start / s) - 1, 0)
     r1, c1 = min(math.ceil(rows.stop / s) + 1, height), min(math.ceil(cols.stop / s) + 1, width)
-    source = Image.fromarray(level_pixels(slide, slide.level, slice(r0, r1), slice(c0, c1)))
+    pixels = level_pixels(slide, slide.level, slice(r0, r1), slice(c0, c1))
+    # the last model pixels may reach up to half a level pixel past the level's edge: repeat its edge pixels
+    below, right = max(math.ceil(rows.stop / s) - r1, 0), max(math.ceil(cols.stop / s) - c1, 0)
+    source = Image.fromarray(np.pad(pixels, ((0, below), (0, right), (0, 0)), mode="edge"))
     box = (cols.start / s - c0, rows.start / s - r0, cols.stop / s - c0, rows.stop / s - r0)
     size = (cols.stop - cols.start, rows.stop - rows.start)
     return np.asarray(source.resize(size, Image.Resampling.BILINEAR, box=box))
