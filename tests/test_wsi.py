@@ -117,7 +117,15 @@ def test_roi_keeps_the_nuclei_centred_inside(slide, mosaic, whole, tmp_path):
     from cryonuseg_hf.model.slides.roi import parse_roi
 
     x, y, w, h = parse_roi("700,100,700,300")
-    summary = predict_slide(slide, tmp_path, _local_nuclei, roi=(x, y, w, h))
+    seen = []
+
+    def model(window):
+        seen.append(window.shape)
+        return _local_nuclei(window)
+
+    summary = predict_slide(slide, tmp_path, model, roi=(x, y, w, h), block_size=1024)
+    # only the ROI and its margin of 64 px are read: one block of 1024 px, its tiles at most 300 + 2 x 64 high
+    assert summary["blocks"] == 1 and seen and max(rows for rows, _, _ in seen) <= 300 + 2 * 64
     got = sorted(
         (float(r["centroid_x"]), float(r["centroid_y"])) for r in _rows(tmp_path / "slide_nuclei.csv")
     )
@@ -157,8 +165,25 @@ def test_level_closest_to_the_model_and_level0_coordinates(mosaic, tmp_path):
     assert slide.level == 0 and slide.scale == pytest.approx(scale)
     assert slide.shape == (round(256 * scale), round(512 * scale))
     assert read_model_region(slide, slice(0, 100), slice(0, 50)).shape == (100, 50, 3)
+    # the last model pixels reach past the level's last pixel: its edge is repeated, not an error
+    rows, cols = slice(slide.shape[0] - 64, slide.shape[0]), slice(slide.shape[1] - 64, slide.shape[1])
+    assert read_model_region(slide, rows, cols).shape == (64, 64, 3)
     # --mpp overrides the metadata: told it is 40x, the same file is read as it is
     assert open_slide(coarse, mpp=MPP).scale == 1.0
+
+
+def test_a_slide_of_one_level_gives_the_nuclei_of_its_pyramid(slide, mosaic, tmp_path):
+    """No pyramid (an Aperio region, say): the tissue is found on level 0 itself, the nuclei are the same."""
+    import tifffile
+
+    from cryonuseg_hf.model.slides.predict import predict_slide
+
+    tifffile.imwrite(tmp_path / "flat.svs", mosaic, tile=(256, 256), compression="zlib")
+    flat = predict_slide(tmp_path / "flat.svs", tmp_path / "flat", _local_nuclei, mpp=MPP)
+    pyramid = predict_slide(slide, tmp_path / "pyramid", _local_nuclei)
+    assert flat["level_read"] == 0 and flat["nuclei"] == pyramid["nuclei"] > 300
+    assert _rows(tmp_path / "flat/flat_nuclei.csv") == _rows(tmp_path / "pyramid/slide_nuclei.csv")
+    assert flat["tissue_mm2"] == pytest.approx(pyramid["tissue_mm2"], rel=0.05)
 
 
 def test_bad_slides_are_clear_errors(slide, tmp_path):
@@ -172,8 +197,9 @@ def test_bad_slides_are_clear_errors(slide, tmp_path):
     with pytest.raises(ValueError, match="cut.tif: truncated"):
         open_slide(tmp_path / "cut.tif")
     tifffile.imwrite(tmp_path / "flat.svs", np.zeros((64, 64, 3), np.uint8), tile=(32, 32))
-    with pytest.raises(ValueError, match="flat.svs: one resolution level only"):
-        open_slide(tmp_path / "flat.svs")
+    with pytest.raises(ValueError, match="flat.svs: one resolution level only .*--max-pixels"):
+        open_slide(tmp_path / "flat.svs", mpp=0.25, max_pixels=64 * 64 - 1)
+    assert open_slide(tmp_path / "flat.svs", mpp=0.25).level == 0  # small enough to read whole
     nompp = write_pyramid(tmp_path / "nompp.tif", np.zeros((64, 64, 3), np.uint8), None, steps=(1, 4))
     with pytest.raises(ValueError, match="nompp.tif: .*--mpp"):
         open_slide(nompp)

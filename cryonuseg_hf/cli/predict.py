@@ -34,12 +34,18 @@ def add_parsers(sub) -> None:
         "--margin", type=int_at_least(0), default=64, help="context around each tile's core, pixels"
     )
     predict.add_argument("--tta", action="store_true", help="average over 8 flips/rotations (8x slower)")
-    predict.add_argument("--max-pixels", type=int_at_least(1), default=2**28, help="refuse larger images")
+    predict.add_argument(
+        "--max-pixels",
+        type=int_at_least(1),
+        default=2**28,
+        help="refuse larger images (and slides of one level, without a pyramid)",
+    )
     add_overwrite(predict)
     predict.add_argument(
         "--allow-non-tissue",
         action="store_true",
-        help="predict images that do not look like H&E tissue (black, blank, grey) instead of refusing them",
+        help="predict images and slides that do not look like H&E tissue (black, blank, grey, fluorescence) "
+        "instead of refusing them",
     )
     slides = predict.add_argument_group(
         "whole slides (.svs, .ndpi, .scn, .bif, pyramidal .tif): GeoJSON, CSV, overview PNG in level-0 pixels"
@@ -120,6 +126,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 tta=args.tta,
                 tile_size=args.tile_size,
                 margin=args.margin,
+                max_pixels=args.max_pixels,
+                allow_non_tissue=args.allow_non_tissue,
                 progress=True,
             )
         except (OSError, ValueError) as error:
@@ -130,11 +138,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             return 130
         written[path] = summary["outputs"]
         print(
-            f"{path}: {summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm2 of tissue, "
-            f"{summary['seconds']:.0f} s; outputs {args.output}/{path.stem}{{.geojson,_nuclei.csv,_overview.png}}"
+            f"{path}: {summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm2 of tissue "
+            f"({summary['blocks_with_tissue']} blocks), {summary['seconds']:.0f} s; outputs "
+            f"{args.output}/{path.stem}{{.geojson,_nuclei.csv,_overview.png,_summary.json}}"
         )
     for path, message in failures.items():
-        print(f"failed: {path}: {message}", file=sys.stderr)
+        # most messages name the file already
+        named = message if message.startswith(str(path)) else f"{path}: {message}"
+        print(f"failed: {named}", file=sys.stderr)
     return 1 if failures or not written else 0
 
 

@@ -8,6 +8,8 @@ and B; glass and fluorescence background are grey or black, H&E is pink and purp
   :func:`block_mean`), and :func:`has_tissue` says whether a window of a slide is worth running the model on.
 - :func:`tissue_problem`: why a whole image is not an H&E tissue image (almost black, blank, grey, unstained),
   or None. ``cryonuseg-hf predict`` refuses such images unless told ``--allow-non-tissue``.
+- :func:`overview_problem`: why a slide is not H&E brightfield, judged on the tissue pixels of its overview
+  (a fluorescence scan: its "tissue" is almost black, on black glass), or None; refused the same way.
 
 The thresholds were measured on the 30 CryoNuSeg tiles; the figures are in the docstrings that use them.
 """
@@ -107,3 +109,41 @@ def tissue_problem(image: np.ndarray) -> str | None:
     if stained < MIN_TISSUE_FRACTION:
         return f"unstained: only {100 * stained:.0f} % of it looks like stained tissue (at least 67 % in every tile)"
     return None
+
+
+def overview_problem(overview: np.ndarray, region: np.ndarray | None = None) -> str | None:
+    """Why a slide is not an H&E brightfield slide, judged on the tissue pixels of its overview, or None.
+
+    A slide holds glass, so it is not judged as a whole like an image by :func:`tissue_problem`: its tissue
+    pixels (:func:`tissue_pixels`) are. They are almost black (mean brightness below ``DARK_BRIGHTNESS``) in a
+    fluorescence scan, whose stained "tissue" glows on a black background; at 4 µm/px the darkest CryoNuSeg
+    tile's tissue has a mean brightness of 89 (a DAPI scan's 31). A slide without tissue pixels has no problem
+    here: it has no nuclei to find.
+
+    Args:
+        overview: (h, w, 3) uint8, a slide at about ``TISSUE_MPP`` µm/px.
+        region: (h, w) bool, the part of the overview to judge (default: all of it).
+
+    >>> glass, dapi = [250, 250, 250], [0, 0, 90]
+    >>> overview_problem(np.array([[glass, [180, 100, 160]]], np.uint8)) is None
+    True
+    >>> overview_problem(np.array([[[0, 0, 0], dapi]], np.uint8))[:60]
+    'its tissue is almost black (mean brightness 30 of 255; the d'
+    """
+    stained = tissue_pixels(overview)
+    if region is not None:
+        stained &= region
+    if not stained.any():
+        return None
+    luminance = brightness(overview)
+    tissue = luminance[stained].mean()
+    if tissue >= DARK_BRIGHTNESS:
+        return None
+    around = ~stained if region is None else region & ~stained
+    background = (
+        f", on a background of mean brightness {luminance[around].mean():.0f}" if around.any() else ""
+    )
+    return (
+        f"its tissue is almost black (mean brightness {tissue:.0f} of 255; the darkest CryoNuSeg tile's tissue "
+        f"has 89){background}: a fluorescence or dark-field scan, and the model reads H&E brightfield"
+    )

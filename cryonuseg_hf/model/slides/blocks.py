@@ -20,7 +20,7 @@ from cryonuseg_hf.model.export import nucleus_measurements, roi_names
 from cryonuseg_hf.model.slides.reader import Slide, read_model_region
 from cryonuseg_hf.model.slides.roi import Roi, roi_contains
 from cryonuseg_hf.model.slides.tissue_map import TissueMap
-from cryonuseg_hf.model.tiling import owned_nuclei, predict_tiled, tile_grid
+from cryonuseg_hf.model.tiling import Tile, owned_nuclei, predict_tiled, tile_grid
 from cryonuseg_hf.model.tissue import has_tissue
 
 BLOCK_SIZE = 2048
@@ -80,9 +80,11 @@ def slide_nuclei(
         tissue: from :func:`~cryonuseg_hf.model.slides.tissue_map.tissue_map`; blocks whose core holds none are not read.
         tile_size, margin, align: as in :func:`cryonuseg_hf.model.tiling.predict_tiled`, for the tiles of a block.
         block_size: side of a block in model pixels (a multiple of ``align`` keeps blocks on the grid).
-        roi: (x, y, width, height) in level-0 pixels: only nuclei whose centroid lies inside are kept.
+        roi: (x, y, width, height) in level-0 pixels: only the blocks over it (with ``margin`` of context) are
+            read, and only nuclei whose centroid lies inside are kept.
         stats: filled in as blocks are done.
-        progress: a progress bar over blocks, with the nuclei found so far.
+        progress: a progress bar (tqdm, on stderr) that advances by the tissue under each block done (so its
+            time left weighs blocks by their tissue) and shows the blocks done and the nuclei found so far.
 
     Yields:
         :class:`BlockNuclei` for every block with tissue.
@@ -90,9 +92,10 @@ def slide_nuclei(
     from tqdm.auto import tqdm
 
     stats = stats if stats is not None else SlideStats()
-    blocks = tile_grid(slide.shape, tile_size=block_size, margin=margin, align=align)
+    blocks = _block_grid(slide, roi, block_size, margin, align)
     per_tissue = (tissue.per_level0[0] / slide.per_level0[0], tissue.per_level0[1] / slide.per_level0[1])
-    todo = [b for b in blocks if _core_has_tissue(b.core, tissue.mask, per_tissue)]
+    weights = [_core_tissue_pixels(b.core, tissue.mask, per_tissue) for b in blocks]
+    todo = [(b, weight) for b, weight in zip(blocks, weights, strict=True) if weight > 0]
     stats.blocks, stats.blocks_with_tissue = len(blocks), len(todo)
     model_mpp = slide.model_mpp
 
@@ -103,8 +106,14 @@ def slide_nuclei(
         stats.tiles_run += 1
         return predict_tile(window)
 
-    bar = tqdm(todo, desc=f"{slide.path.name}", unit="block", disable=not progress)
-    for block in bar:
+    total = sum(weight for _, weight in todo)
+    bar = tqdm(
+        total=total,
+        desc=f"{slide.path.name}: 0/{len(todo)} blocks",
+        bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed} < {remaining} left]",
+        disable=not progress,
+    )
+    for done, (block, weight) in enumerate(todo, start=1):
         rows, cols = block.window
         image = read_model_region(slide, rows, cols)
         tiled: dict = {}
@@ -117,19 +126,53 @@ def slide_nuclei(
         records, features, global_labels = _block_records(
             slide, image, labels, owned, block.window, roi, stats
         )
-        bar.set_postfix(nuclei=stats.nuclei, refresh=False)
+        mm2 = tissue.area_mm2 * (bar.n + weight) / total  # mask pixels on a seam count in both blocks
+        bar.set_description_str(
+            f"{slide.path.name}: {done}/{len(todo)} blocks, {stats.nuclei} nuclei, "
+            f"{mm2:.2f}/{tissue.area_mm2:.2f} mm² of tissue",
+            refresh=False,
+        )
+        bar.update(weight)
         if records:
             yield BlockNuclei(records, features, block.window, global_labels)
     bar.close()
 
 
-def _core_has_tissue(core: tuple[slice, slice], mask: np.ndarray, per_model: tuple[float, float]) -> bool:
+def _block_grid(slide: Slide, roi: Roi | None, block_size: int, margin: int, align: int) -> list[Tile]:
+    """The blocks of the slide, or of the part of it that ``roi`` and ``margin`` pixels around it cover.
+
+    That part starts on a multiple of ``align``, so its windows sample the slide on the grid of the whole slide.
+    """
+    if roi is None:
+        return tile_grid(slide.shape, tile_size=block_size, margin=margin, align=align)
+    (fx, fy), (x, y, w, h) = slide.per_level0, roi
+    r0 = max(math.floor(y * fy) - margin, 0) // align * align
+    c0 = max(math.floor(x * fx) - margin, 0) // align * align
+    r1 = min(math.ceil((y + h) * fy) + margin, slide.shape[0])
+    c1 = min(math.ceil((x + w) * fx) + margin, slide.shape[1])
+    if r1 <= r0 or c1 <= c0:
+        return []
+
+    def moved(span: slice, by: int) -> slice:
+        return slice(span.start + by, span.stop + by)
+
+    return [
+        Tile(
+            (moved(t.window[0], r0), moved(t.window[1], c0)),
+            (moved(t.core[0], r0), moved(t.core[1], c0)),
+        )
+        for t in tile_grid((r1 - r0, c1 - c0), tile_size=block_size, margin=margin, align=align)
+    ]
+
+
+def _core_tissue_pixels(core: tuple[slice, slice], mask: np.ndarray, per_model: tuple[float, float]) -> int:
+    """Tissue mask pixels under a block's core (model pixels; ``per_model``: mask pixels per model pixel)."""
     rows, cols = core
-    return bool(
+    return int(
         mask[
             math.floor(rows.start * per_model[1]) : math.ceil(rows.stop * per_model[1]),
             math.floor(cols.start * per_model[0]) : math.ceil(cols.stop * per_model[0]),
-        ].any()
+        ].sum()
     )
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cryonuseg_hf.core.files import staged_files
+from cryonuseg_hf.model.images import MAX_PIXELS
 from cryonuseg_hf.model.postprocess import probabilities_to_instances
 from cryonuseg_hf.model.predict import Predictor, ensure_writable_folder, grid_step, load_predictor
 from cryonuseg_hf.model.slides.blocks import BLOCK_SIZE, BlockNuclei, SlideStats, slide_nuclei
@@ -25,6 +27,8 @@ from cryonuseg_hf.model.slides.overview import count_centroids, write_overview
 from cryonuseg_hf.model.slides.reader import Slide, open_slide
 from cryonuseg_hf.model.slides.roi import Roi
 from cryonuseg_hf.model.slides.tissue_map import TissueMap, tissue_map
+
+logger = logging.getLogger(__name__)
 
 
 def predict_slide(
@@ -44,6 +48,8 @@ def predict_slide(
     margin: int = 64,
     block_size: int = BLOCK_SIZE,
     align: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    allow_non_tissue: bool = False,
     progress: bool = False,
 ) -> dict:
     """Predict every nucleus of a whole slide and write its outputs (see :func:`~cryonuseg_hf.model.slides.outputs.slide_output_paths`).
@@ -62,14 +68,19 @@ def predict_slide(
         tile_size, margin: the model's tiles and their context, in model pixels.
         block_size: side of a block held in memory, model pixels.
         align: window starts are multiples of this (default: the model's grid step; 1 for a function).
-        progress: progress bar with the nuclei found so far.
+        max_pixels: largest slide of one level (no pyramid) accepted, as in
+            :func:`~cryonuseg_hf.model.slides.reader.open_slide`.
+        allow_non_tissue: predict a slide whose tissue does not look like H&E brightfield
+            (:func:`cryonuseg_hf.model.tissue.overview_problem`, e.g. a fluorescence scan), with a logged warning,
+            instead of refusing it.
+        progress: a progress bar with the blocks done, the nuclei found so far and the time left.
 
     Returns:
         the summary also written to ``<stem>_summary.json``.
 
     Raises:
-        FileNotFoundError, ValueError: see :func:`~cryonuseg_hf.model.slides.reader.open_slide`;
-        FileExistsError: outputs exist.
+        FileNotFoundError, ValueError: see :func:`~cryonuseg_hf.model.slides.reader.open_slide`; ValueError
+            also when the slide is not H&E (unless ``allow_non_tissue``); FileExistsError: outputs exist.
     """
     path = Path(path)
     out_dir = ensure_writable_folder(out_dir)
@@ -79,10 +90,17 @@ def predict_slide(
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{path}: outputs exist already ({', '.join(existing)}); pass --overwrite")
-    slide = open_slide(path, mpp=mpp)
+    slide = open_slide(path, mpp=mpp, max_pixels=max_pixels)
     predict_tile, backend_name, align = _tile_predictor(model, device, backend, threads, tta, align)
     started = (time.perf_counter(), time.process_time())  # the model is loaded: time the slide's own work
     tissue = tissue_map(slide, roi=roi)
+    if tissue.problem and not allow_non_tissue:
+        raise ValueError(
+            f"{path}: not an H&E slide: {tissue.problem}; nothing predicted (pass --allow-non-tissue to "
+            "predict it anyway)"
+        )
+    if tissue.problem:
+        logger.warning("%s: not an H&E slide (%s); predicted anyway", path, tissue.problem)
     times = {"tissue_search_seconds": time.perf_counter() - started[0]}
     times["tissue_search_cpu_seconds"] = time.process_time() - started[1]
     stats = SlideStats()
@@ -156,6 +174,7 @@ def _summary(
         "roi": list(roi) if roi else None,
         "tissue_mm2": round(tissue.area_mm2, 4),
         "tissue_megapixels": round(tissue_mpx, 3),
+        "tissue_problem": tissue.problem,
         "backend": backend,
         "nuclei": stats.nuclei,
         "nuclei_per_mm2": round(stats.nuclei / tissue.area_mm2, 1) if tissue.area_mm2 else None,
@@ -167,6 +186,7 @@ def _summary(
         "shared_pixels": stats.shared_pixels,
         "touching_cut_edge": stats.touching_cut_edge,
         **{key: round(value, 2) for key, value in times.items()},
+        "seconds_per_tissue_mm2": round(times["seconds"] / tissue.area_mm2, 1) if tissue.area_mm2 else None,
         "tissue_megapixels_per_second": round(tissue_mpx / times["seconds"], 4) if times["seconds"] else None,
         "outputs": outputs,
     }

@@ -2,7 +2,8 @@
 
 The overview is read from the coarsest level fine enough, in strips, each pixel the mean colour of its block; a
 pixel is tissue by :func:`cryonuseg_hf.model.tissue.tissue_pixels` (the rule images are judged by too). Holes are
-filled, specks under ``TISSUE_MIN_PIXELS`` dropped, and the mask grown by one overview pixel.
+filled, specks under ``TISSUE_MIN_PIXELS`` dropped, and the mask grown by one overview pixel. Whether that tissue
+is H&E at all is judged on the same overview (:func:`cryonuseg_hf.model.tissue.overview_problem`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from cryonuseg_hf.model.slides.reader import Slide, level_pixels
 from cryonuseg_hf.model.slides.roi import Roi, roi_mask
-from cryonuseg_hf.model.tissue import TISSUE_MPP, block_mean, tissue_pixels
+from cryonuseg_hf.model.tissue import TISSUE_MPP, block_mean, overview_problem, tissue_pixels
 
 TISSUE_MAX_SIDE = 4096
 """Longest side of the tissue mask in pixels: larger slides get a coarser mask (memory stays bounded)."""
@@ -31,12 +32,14 @@ class TissueMap:
         overview: (h, w, 3) uint8, the mean colour of each overview pixel.
         per_level0: overview pixels per level-0 pixel (x, y).
         mpp: µm per overview pixel (x, y).
+        problem: why the tissue (inside the ROI) does not look like H&E brightfield, or None.
     """
 
     mask: np.ndarray
     overview: np.ndarray
     per_level0: tuple[float, float]
     mpp: tuple[float, float]
+    problem: str | None = None
 
     @property
     def area_mm2(self) -> float:
@@ -75,7 +78,8 @@ def tissue_map(slide: Slide, roi: Roi | None = None, strip_bytes: int = 64 * 2**
     mask = ndi.binary_fill_holes(tissue_pixels(overview))
     mask = remove_small_objects(mask, max_size=TISSUE_MIN_PIXELS - 1)
     mask = ndi.binary_dilation(mask, structure=np.ones((3, 3), bool))
-    if roi is not None:
-        mask &= roi_mask(roi, mask.shape, per_level0)
+    region = roi_mask(roi, mask.shape, per_level0) if roi is not None else None
+    if region is not None:
+        mask &= region
     mpp = (slide.mpp[0] / per_level0[0], slide.mpp[1] / per_level0[1])
-    return TissueMap(mask, overview, per_level0, mpp)
+    return TissueMap(mask, overview, per_level0, mpp, overview_problem(overview, region))
