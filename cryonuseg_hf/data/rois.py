@@ -3,7 +3,8 @@
 Every CryoNuSeg nucleus is an ImageJ ROI, one ``.roi`` file per nucleus, zipped per tile (a "RoiSet"). This
 module turns a RoiSet into a list of :class:`Nucleus` polygons and back. Coordinates stay exactly as ImageJ
 stores them (float32 sub-pixel vertices, x to the right and y down, 0 at the top-left corner of the top-left
-pixel); the conversion to pixels happens in :mod:`cryonuseg_hf.data.masks`, in one place.
+pixel); the conversion to pixels happens in :mod:`cryonuseg_hf.data.masks`, in one place, and
+:mod:`cryonuseg_hf.data.outlines` writes predicted nuclei in the same frame.
 
 Order matters: the authors' MATLAB generator unzips a set and labels nucleus ``n`` with the ``n``-th ``.roi``
 file of a directory listing, i.e. sorted by file name. :func:`read_roi_set` returns the nuclei in that order,
