@@ -16,7 +16,7 @@
 ``DIR/hub_export.json`` records the repository id each folder is meant for, so ``cryonuseg-hf push DIR`` pushes all
 three, and ``cryonuseg-hf push DIR/<folder> --repo-id ID`` one of them. A metric is a Space on the Hub, and
 ``evaluate.load("<owner>/<name>")`` runs ``<name>.py``, so the metric's repository must be named like its script.
-Pushing needs the network and a token; without them it fails at once, with the same message as the dataset push.
+Pushing (:mod:`cryonuseg_hf.apps.hub`) needs the network and a token.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cryonuseg_hf.core.files import staged_files
 from cryonuseg_hf.core.paths import EXAMPLES_PATH, METRIC_PATH, MODEL_PATH, PACKAGE_DIR, SPACE_TEMPLATE
 from cryonuseg_hf.model.postprocess import config_values
 
@@ -52,7 +53,6 @@ REPO_NAMES = {
 REPO_TYPES = {"dataset": "dataset", "model": "model", "metric": "space", "space": "space"}
 """Hub repository type per kind of folder: ``evaluate`` modules live in Spaces."""
 _NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
-_TRUE = {"1", "ON", "YES", "TRUE"}
 
 SEGFORMER_CITATION = """@inproceedings{xie2021segformer,
   title     = {{SegFormer}: Simple and Efficient Design for Semantic Segmentation with Transformers},
@@ -131,7 +131,8 @@ def widget_sources(card_path: Path) -> list[str]:
     return [example["src"] for example in ModelCard.load(card_path).data.widget or []]
 
 
-def _resolve_prefix(repo_id: str) -> str:
+def resolve_prefix(repo_id: str) -> str:
+    """Where the Hub serves the files of model repository ``repo_id`` (the widget's example URLs start so)."""
     return f"https://huggingface.co/{repo_id}/resolve/main/"
 
 
@@ -249,7 +250,7 @@ def export_model(
     card_path = out / "README.md"
     card_path.write_text(card_path.read_text().rstrip("\n") + "\n" + files_section(onnx_check))
     for src in widget_sources(out / "README.md"):
-        relative = src.removeprefix(_resolve_prefix(repo_id))
+        relative = src.removeprefix(resolve_prefix(repo_id))
         if relative == src or not (out / relative).is_file():
             raise FileNotFoundError(
                 f"{out}: the card's widget example {src} is not a file of this repository"
@@ -315,13 +316,6 @@ def replaceable(out: Path, overwrite: bool) -> list[Path]:
     return taken
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def hub_export(
     out: str | os.PathLike,
     owner: str = DEFAULT_OWNER,
@@ -347,167 +341,21 @@ def hub_export(
         raise ValueError(f"--owner {owner!r}: give a Hub user or organisation name, without '/'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    previous = replaceable(out, overwrite)
-    # write everything into a staging folder first: a failed export leaves the previous one (or nothing) in place
-    staging = out / ".hub_export.partial"
-    _remove(staging)
+    replaceable(out, overwrite)
     repo_ids = {folder: f"{owner}/{name}" for folder, name in REPO_NAMES.items()}
-    export_model(staging / MODEL_FOLDER, repo_ids[MODEL_FOLDER], checkpoint, results, threads)
-    export_metric(staging / METRIC_FOLDER)
-    export_space(staging / SPACE_FOLDER)
     kinds = {MODEL_FOLDER: "model", METRIC_FOLDER: "metric", SPACE_FOLDER: "space"}
-    manifest = {
-        "repos": {
-            folder: {"repo_id": repo_ids[folder], "repo_type": REPO_TYPES[kind], "kind": kind}
-            for folder, kind in kinds.items()
-        },
-        "onnx_check": json.loads((staging / MODEL_FOLDER / ONNX_CHECK).read_text()),
-        "command": command,
-    }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    for path in previous:
-        _remove(path)
-    for name in (*REPO_NAMES, MANIFEST):  # the manifest last: it marks a complete export
-        os.replace(staging / name, out / name)
-    staging.rmdir()
+    # all four or none: a failed export leaves the previous one (or nothing) in place
+    with staged_files({name: out / name for name in (*REPO_NAMES, MANIFEST)}) as staged:
+        export_model(staged[MODEL_FOLDER], repo_ids[MODEL_FOLDER], checkpoint, results, threads)
+        export_metric(staged[METRIC_FOLDER])
+        export_space(staged[SPACE_FOLDER])
+        manifest = {
+            "repos": {
+                folder: {"repo_id": repo_ids[folder], "repo_type": REPO_TYPES[kind], "kind": kind}
+                for folder, kind in kinds.items()
+            },
+            "onnx_check": json.loads((staged[MODEL_FOLDER] / ONNX_CHECK).read_text()),
+            "command": command,
+        }
+        staged[MANIFEST].write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-# ------------------------------------------------------------------------------------------------------ push
-
-
-def _yaml_header(readme: Path) -> dict[str, Any]:
-    import yaml
-
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    if not text.startswith("---"):
-        return {}
-    header = yaml.safe_load(text.split("---", 2)[1])
-    return header if isinstance(header, dict) else {}
-
-
-def folder_kind(folder: str | os.PathLike) -> str:
-    """What a folder is, by its files: ``dataset`` (a build), ``model``, ``metric`` (an ``evaluate`` module folder,
-    ``<name>/<name>.py``) or ``space`` (a README with Space YAML and its app file).
-
-    Raises:
-        ValueError: none of these.
-    """
-    from cryonuseg_hf.data.build import is_build
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: not a folder")
-    if is_build(folder):
-        return "dataset"
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        return "model"
-    if (folder / f"{folder.name}.py").is_file():
-        return "metric"
-    header = _yaml_header(folder / "README.md")
-    if header.get("sdk") and (folder / str(header.get("app_file", "app.py"))).is_file():
-        return "space"
-    raise ValueError(
-        f"{folder}: not a dataset build, model, evaluate module or Space folder; make one with `cryonuseg-hf build` "
-        "or `cryonuseg-hf hub-export`"
-    )
-
-
-def check_repo_id(folder: Path, kind: str, repo_id: str) -> None:
-    """Refuse a push that would break the repository on the Hub.
-
-    Raises:
-        ValueError: a model card whose widget points into another repository, or a metric repository not named
-            like its script (``evaluate.load`` would not find it).
-    """
-    if kind == "model":
-        wrong = [
-            src
-            for src in widget_sources(folder / "README.md")
-            if not src.startswith(_resolve_prefix(repo_id))
-        ]
-        if wrong:
-            owner = repo_id.split("/")[0]
-            raise ValueError(
-                f"{folder}: the card's widget points at {wrong[0]}, not into {repo_id}; push to the repository "
-                f"the card names, or export for this owner (`cryonuseg-hf hub-export --owner {owner}`) and push "
-                f"to {owner}/{REPO_NAMES[MODEL_FOLDER]}"
-            )
-    if kind == "metric" and repo_id.split("/")[-1] != folder.name:
-        raise ValueError(
-            f"{folder}: evaluate.load('<owner>/<name>') runs <name>.py, so the metric's repository must be named "
-            f"{folder.name}, not {repo_id.split('/')[-1]}"
-        )
-
-
-def push_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    private: bool = False,
-    token: str | None = None,
-    endpoint: str | None = None,
-) -> str:
-    """Upload one folder (dataset build, model, metric or Space) to the Hub repository ``repo_id``.
-
-    Creates the repository with the type of :data:`REPO_TYPES` (Gradio SDK for Spaces) and uploads the folder in
-    one commit. Dataset builds go through :func:`cryonuseg_hf.apps.hub.push_dataset`.
-
-    Returns:
-        the URL of the commit.
-
-    Raises:
-        ValueError: not a folder this package writes, or a repository id that would break it (:func:`check_repo_id`).
-        ConnectionError: offline mode is on, or the Hub cannot be reached.
-    """
-    from cryonuseg_hf.apps.hub import CONNECT_TIMEOUT_S, check_connection, push_dataset
-
-    folder = Path(folder)
-    kind = folder_kind(folder)
-    if kind == "dataset":
-        return push_dataset(folder, repo_id, private=private, token=token)
-    check_repo_id(folder, kind, repo_id)
-    repo_type = REPO_TYPES[kind]
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE:
-        raise ConnectionError(
-            f"cannot push {folder} to {repo_id}: HF_HUB_OFFLINE is set; unset it on a machine with network"
-        )
-    from huggingface_hub import HfApi, constants
-
-    endpoint = endpoint or constants.ENDPOINT
-    try:
-        check_connection(endpoint, CONNECT_TIMEOUT_S)
-    except ConnectionError as error:
-        raise ConnectionError(
-            f"cannot push {folder} to {repo_id}: the Hub is unreachable ({error}); run `cryonuseg-hf push` on "
-            f"a machine with network, or upload the folder with `hf upload --repo-type {repo_type}`"
-        ) from None
-    api = HfApi(endpoint=endpoint, token=token)
-    extra = {"space_sdk": "gradio"} if repo_type == "space" else {}
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **extra)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        repo_type=repo_type,
-        commit_message=f"Upload the {kind} written by cryonuseg-hf",
-    )
-    return commit.commit_url
-
-
-def push_export(
-    out: str | os.PathLike, private: bool = False, token: str | None = None, endpoint: str | None = None
-) -> dict[str, str]:
-    """Push every folder of a ``hub-export`` to the repository its manifest names; returns folder -> commit URL.
-
-    Raises:
-        FileNotFoundError: ``out`` has no manifest (not a ``hub-export`` folder).
-    """
-    out = Path(out)
-    if not (out / MANIFEST).is_file():
-        raise FileNotFoundError(
-            f"{out}: no {MANIFEST}; pass a folder made by `cryonuseg-hf hub-export`, or --repo-id"
-        )
-    manifest = json.loads((out / MANIFEST).read_text())
-    return {
-        folder: push_folder(out / folder, repo["repo_id"], private=private, token=token, endpoint=endpoint)
-        for folder, repo in manifest["repos"].items()
-    }

@@ -48,7 +48,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from cryonuseg_hf.apps.hub_export import push_export, push_folder
+    from cryonuseg_hf.apps.hub import push_export, push_folder
 
     try:
         if args.repo_id is None:
