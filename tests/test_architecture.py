@@ -109,3 +109,48 @@ def test_the_checks_catch_an_upward_import(tmp_path, bad):
     finally:
         PACKAGE = saved
     assert any(layer(d) > layer("data.sneaky") for d in deps), deps
+
+
+def public_definitions(path: Path) -> set[str]:
+    """Names of the public functions and classes a module defines at its top level."""
+    tree = ast.parse(path.read_text(), str(path))
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and not node.name.startswith("_")
+    }
+
+
+def repeated_public_names(package: Path) -> dict[str, list[str]]:
+    """Public names defined in more than one module of ``package``: one job with two homes.
+
+    The ``evaluate`` module's folder is left out: it is pushed to the Hub alone, so its own entry points
+    (``app.py``) may repeat what the package names elsewhere.
+    """
+    homes: dict[str, list[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        if SELF_CONTAINED.replace(".", "/") in path.as_posix():
+            continue
+        for name in public_definitions(path):
+            homes.setdefault(name, []).append(str(path.relative_to(package)))
+    return {name: where for name, where in homes.items() if len(where) > 1}
+
+
+SUBCOMMAND_ENTRIES = {"add_parsers"}
+"""The CLI's group modules each define ``add_parsers``: one convention, not one job twice."""
+
+
+def test_every_public_function_has_one_home():
+    repeated = {k: v for k, v in repeated_public_names(PACKAGE).items() if k not in SUBCOMMAND_ENTRIES}
+    assert not repeated, "public names defined in several modules:\n  " + "\n  ".join(
+        f"{name}: {', '.join(where)}" for name, where in sorted(repeated.items())
+    )
+
+
+def test_the_one_home_check_catches_a_second_definition(tmp_path):
+    for module in ("a", "b"):
+        (tmp_path / f"{module}.py").write_text(
+            "def score_predictions():\n    pass\n\ndef _private():\n    pass\n"
+        )
+    assert repeated_public_names(tmp_path) == {"score_predictions": ["a.py", "b.py"]}
