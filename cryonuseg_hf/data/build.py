@@ -4,24 +4,31 @@
 the ``datasets`` builder (:mod:`cryonuseg_hf.data.rows`); the card is rendered by the function the caller passes
 (the package's is :func:`cryonuseg_hf.reports.dataset_card.dataset_card`), because the card reports the human
 agreement, which is scored by a layer above this one.
+
+Each tile is read once, checked, and made into rows from what was read (:func:`build_tile`); the tiles are
+independent, so they are spread over processes, and every byte written is the same for any number of them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from cryonuseg_hf.core.files import staged_folder
+from cryonuseg_hf.core.folds import TILE_IDS
 from cryonuseg_hf.data.parquet import PARQUET_NAME, write_config
-from cryonuseg_hf.data.readers import ReleaseContents, read_release
-from cryonuseg_hf.data.release import MARKUPS, default_source, open_release
-from cryonuseg_hf.data.release_checks import check_contents
-from cryonuseg_hf.data.rows import generate_examples, summarize, tile_pngs
+from cryonuseg_hf.data.readers import complete_markups, read_or_note, read_slide_sheet, read_tile
+from cryonuseg_hf.data.release import MARKUPS, Release, ReleaseError, default_source, open_release
+from cryonuseg_hf.data.release_checks import tile_problems
+from cryonuseg_hf.data.rows import summarize, tile_rows
 
 logger = logging.getLogger(__name__)
 
@@ -74,29 +81,41 @@ def check_output_folder(out_dir: Path, overwrite: bool) -> None:
 
 @dataclass(frozen=True)
 class BuiltDataset:
-    """What a build wrote, for its card: the configs' sizes and counts, and the release's files as read."""
+    """What a build wrote, for its card: the configs' sizes and counts, the slide sheet and the instance masks."""
 
-    contents: ReleaseContents
     splits: dict[str, dict]
     """config -> ``num_bytes``, ``num_examples`` and ``download_size`` of its Parquet file."""
     summaries: dict[str, dict]
     """config -> counts of tiles, ROIs and instances (:func:`cryonuseg_hf.data.rows.summarize`)."""
+    metadata: dict[str, dict]
+    """tile id -> slide metadata (:func:`cryonuseg_hf.data.readers.read_slide_sheet`)."""
+    instance_masks: dict[str, dict[str, np.ndarray]]
+    """config -> tile id -> its ``instance_mask`` (the released ``label masks modify``, uint16)."""
 
-    @property
-    def metadata(self) -> dict[str, dict]:
-        """tile id -> slide metadata (:func:`cryonuseg_hf.data.readers.read_slide_sheet`)."""
-        assert self.contents.metadata is not None  # a build's contents passed the check
-        return self.contents.metadata
 
-    def instance_masks(self) -> dict[str, dict[str, np.ndarray]]:
-        """config -> tile id -> its ``instance_mask`` (the released ``label masks modify``, uint16)."""
-        return {
-            markup: {
-                tile: files.masks[markup]["label_masks_modify"].array
-                for tile, files in self.contents.tiles.items()
-            }
-            for markup in self.splits
-        }
+@dataclass(frozen=True)
+class BuiltTile:
+    """One tile of a build: the problems of its files, else its row and instance mask per mark-up."""
+
+    problems: list[str]
+    rows: dict[str, dict]
+    instance_masks: dict[str, np.ndarray]
+
+
+def build_tile(
+    release: Release, tile: str, markups: tuple[str, ...], metadata: dict[str, dict] | None
+) -> BuiltTile:
+    """Read one tile's files once (:func:`cryonuseg_hf.data.readers.read_tile`), check how they relate
+    (:func:`cryonuseg_hf.data.release_checks.tile_problems`) and make its rows from what was read.
+
+    Rows are made only when the tile has no problem and the slide sheet read (``metadata``).
+    """
+    files, problems = read_tile(release, tile, markups)
+    problems += tile_problems(release, files, metadata)
+    if problems or metadata is None:
+        return BuiltTile(problems, {}, {})
+    masks = {markup: files.masks[markup]["label_masks_modify"].array for markup in markups}
+    return BuiltTile(problems, tile_rows(files, metadata[tile]), masks)
 
 
 def build(
@@ -106,12 +125,14 @@ def build(
     card: Callable[[BuiltDataset], str],
     overwrite: bool = False,
     markups: tuple[str, ...] = MARKUPS,
+    workers: int | None = None,
     timings: dict | None = None,
 ) -> Path:
     """Build the Hub dataset folder: ``<config>/train-00000-of-00001.parquet`` per mark-up plus ``README.md``.
 
-    The folder is written all-or-nothing (:func:`cryonuseg_hf.core.files.staged_folder`): a failed build leaves
-    nothing behind and a previous build stays intact until the new one is complete.
+    Every file is read once, and all of them are checked (as ``cryonuseg-hf check`` does) before anything is
+    written. The folder is written all-or-nothing (:func:`cryonuseg_hf.core.files.staged_folder`): a failed build
+    leaves nothing behind and a previous build stays intact until the new one is complete.
 
     Args:
         source: the raw release folder or Kaggle zip (``None``: :func:`cryonuseg_hf.data.release.default_source`).
@@ -120,8 +141,11 @@ def build(
             hold :data:`CARD_MARKER` (:func:`cryonuseg_hf.reports.dataset_card.dataset_card` does).
         overwrite: replace a previous build in ``out_dir``; other content is never deleted.
         markups: the configs to build (all three by default).
-        timings: if given, filled with seconds per stage (``read``: finding and reading every file once,
-            ``check``, ``images``: the tile PNGs, each mark-up, ``card``) and in all (``total``).
+        workers: processes that read, check and encode tiles (default: one per CPU this process may use; 1: all
+            in this process).
+        timings: if given, filled with seconds per stage (``open``: finding the files and reading the slide
+            sheet; ``tiles``: reading, checking and encoding every tile; each mark-up's Parquet; ``card``) and in
+            all (``total``).
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -129,7 +153,7 @@ def build(
     Raises:
         FileNotFoundError: ``source`` does not exist.
         FileExistsError: ``out_dir`` holds something (see :func:`check_output_folder`).
-        ReleaseError, ValueError: the release is incomplete or a file is bad; the message names it.
+        ReleaseError: the release is incomplete or a file is bad; the message lists every such file.
     """
     start = time.perf_counter()
     clock = {"last": start}
@@ -146,24 +170,40 @@ def build(
         raise ValueError(f"unknown or no mark-ups {unknown or markups}; expected some of {MARKUPS}")
     check_output_folder(out_dir, overwrite)
     release = open_release(default_source() if source is None else source, markups=tuple(markups))
-    contents = read_release(release, tuple(markups))
-    lap("read")
-    check_contents(contents)
-    lap("check")
-    images = tile_pngs(contents)
-    lap("images")
+    complete, problems = complete_markups(release, tuple(m for m in MARKUPS if m in markups))
+    metadata = read_or_note(problems, read_slide_sheet, release)
+    lap("open")
+    tiles = _map_tiles(partial(build_tile, release, markups=complete, metadata=metadata), workers)
+    problems += [problem for tile in tiles for problem in tile.problems]
+    if problems:
+        raise ReleaseError(release.root, problems)
+    lap("tiles")
 
-    with staged_folder(out_dir) as partial:
+    with staged_folder(out_dir) as folder:
         splits, summaries = {}, {}
-        for markup in (m for m in MARKUPS if m in markups):
-            rows = [row for _, row in generate_examples(contents, markup, images)]
-            splits[markup] = write_config(rows, partial / markup / PARQUET_NAME)
+        for markup in complete:
+            rows = [tile.rows[markup] for tile in tiles]
+            splits[markup] = write_config(rows, folder / markup / PARQUET_NAME)
             summaries[markup] = summarize(rows)
             logger.info("%s: %d tiles, %d ROIs", markup, len(rows), summaries[markup]["n_nuclei"])
             lap(markup)
-        text = card(BuiltDataset(contents, splits, summaries))
-        (partial / "README.md").write_text(text, encoding="utf-8")
+        masks = {
+            markup: dict(zip(TILE_IDS, (t.instance_masks[markup] for t in tiles), strict=True))
+            for markup in complete
+        }
+        text = card(BuiltDataset(splits, summaries, metadata, masks))
+        (folder / "README.md").write_text(text, encoding="utf-8")
         lap("card")
     if timings is not None:
         timings["total"] = round(time.perf_counter() - start, 3)
     return out_dir
+
+
+def _map_tiles(function: Callable[[str], BuiltTile], workers: int | None) -> list[BuiltTile]:
+    """``function`` of every tile, in ``TILE_IDS`` order, spread over ``workers`` processes."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers <= 1:
+        return [function(tile) for tile in TILE_IDS]
+    with ProcessPoolExecutor(max_workers=min(workers, len(TILE_IDS))) as pool:
+        return list(pool.map(function, TILE_IDS))

@@ -1,9 +1,11 @@
-"""Readers of the released files, one per kind, each returning a checked array; errors name the file; and
-:func:`read_release`, which reads every file a build needs once.
+"""Readers of the released files, one per kind, each returning a checked array, with errors that name the file;
+and the readers of everything a build needs: :func:`read_tile` (every file of one tile) and :func:`read_release`
+(every file of a release).
 
 A released file is read here and nowhere else, so that every caller sees the same checks and messages. The check
-(:mod:`cryonuseg_hf.data.release_checks`) and the rows (:mod:`cryonuseg_hf.data.rows`) both work on what
-:func:`read_release` returns, so a build decodes each file once.
+(:mod:`cryonuseg_hf.data.release_checks`) and the rows (:mod:`cryonuseg_hf.data.rows`) both work on what these
+return, so a build decodes each file once. A bad file does not stop them: its problem is listed, so that the
+check can report every problem of a release together.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def read_slide_sheet(release: Release) -> dict[str, dict]:
 
 @dataclass
 class TileContents:
-    """Everything read for one tile; a file that did not read is absent (its problem is in the release's list)."""
+    """Everything read for one tile; a file that did not read is absent (:func:`read_tile` lists its problem)."""
 
     tile: str
     image: np.ndarray | None = None
@@ -181,48 +183,63 @@ def read_release(release: Release, markups: tuple[str, ...] | None = None) -> Re
         release: from :func:`cryonuseg_hf.data.release.open_release`.
         markups: the mark-ups to read (default: all in ``release``).
     """
-    problems: list[str] = []
+    complete, problems = complete_markups(release, markups)
+    metadata = read_or_note(problems, read_slide_sheet, release)
+    tiles = {}
+    for tile in TILE_IDS:
+        tiles[tile], found = read_tile(release, tile, complete)
+        problems += found
+    return ReleaseContents(release, complete, metadata, tiles, problems)
 
-    def attempt(reader: Callable, *args):
-        try:
-            return reader(*args)
-        except (ValueError, OSError) as error:  # RoiError and ReleaseError are ValueErrors
-            problems.extend(error.problems if isinstance(error, ReleaseError) else [str(error)])
-            return None
 
-    complete = []
+def complete_markups(
+    release: Release, markups: tuple[str, ...] | None = None
+) -> tuple[tuple[str, ...], list[str]]:
+    """The mark-ups of ``markups`` (default: all in ``release``) that have every released mask folder, and a
+    problem for each that lacks some."""
+    complete, problems = [], []
     for markup in tuple(release.markups) if markups is None else markups:
-        missing = _missing_variants(release, markup)
-        problems.extend(missing)
-        if not missing:
-            complete.append(markup)
-    tiles = {
-        tile: TileContents(tile, image=attempt(read_tile_image, release.images[tile])) for tile in TILE_IDS
-    }
-    metadata = attempt(read_slide_sheet, release)
-    for markup in complete:
         files = release.markups[markup]
-        for tile, contents in tiles.items():
-            nuclei = attempt(read_nuclei, files.rois[tile])
-            if nuclei is not None:
-                contents.nuclei[markup] = nuclei
-            masks = {
-                column: attempt(_read_variant, column, paths[tile])
-                for column, paths in files.variants.items()
-            }
-            contents.masks[markup] = {column: mask for column, mask in masks.items() if mask is not None}
-    return ReleaseContents(release, tuple(complete), metadata, tiles, problems)
+        missing = [RELEASED_VARIANTS[c] for c in RELEASED_VARIANTS if c not in files.variants]
+        if missing:
+            problems.append(
+                f"{files.folder}: missing released mask folder(s): {', '.join(repr(m) for m in missing)}"
+            )
+        else:
+            complete.append(markup)
+    return tuple(complete), problems
+
+
+def read_tile(release: Release, tile: str, markups: tuple[str, ...]) -> tuple[TileContents, list[str]]:
+    """Every file of one tile, read once: its image and, per mark-up, its ROI set and released masks.
+
+    Returns:
+        What read, and one problem per file that did not (naming the file).
+    """
+    problems: list[str] = []
+    contents = TileContents(tile, image=read_or_note(problems, read_tile_image, release.images[tile]))
+    for markup in markups:
+        files = release.markups[markup]
+        nuclei = read_or_note(problems, read_nuclei, files.rois[tile])
+        if nuclei is not None:
+            contents.nuclei[markup] = nuclei
+        masks = {
+            column: read_or_note(problems, _read_variant, column, paths[tile])
+            for column, paths in files.variants.items()
+        }
+        contents.masks[markup] = {column: mask for column, mask in masks.items() if mask is not None}
+    return contents, problems
+
+
+def read_or_note(problems: list[str], reader: Callable, *args):
+    """``reader(*args)``, or ``None`` with the error, which names the file, added to ``problems``."""
+    try:
+        return reader(*args)
+    except (ValueError, OSError) as error:  # RoiError and ReleaseError are ValueErrors
+        problems.extend(error.problems if isinstance(error, ReleaseError) else [str(error)])
+        return None
 
 
 def _read_variant(column: str, path: Path) -> ReleasedMask:
     """A released mask of variant ``column``: a label image, or an 8-bit mask or map."""
     return ReleasedMask(read_released_labels(path)) if column in LABEL_COLUMNS else read_released_map(path)
-
-
-def _missing_variants(release: Release, markup: str) -> list[str]:
-    """A problem naming the released mask folders that ``markup`` lacks (empty when it has them all)."""
-    files = release.markups[markup]
-    missing = [RELEASED_VARIANTS[c] for c in RELEASED_VARIANTS if c not in files.variants]
-    if not missing:
-        return []
-    return [f"{files.folder}: missing released mask folder(s): {', '.join(repr(m) for m in missing)}"]

@@ -78,13 +78,8 @@ def check_release(release: Release, markups: tuple[str, ...] | None = None) -> d
 
 
 def check_contents(contents: ReleaseContents) -> dict[str, int]:
-    """Check that every file of a release read, and how the files of each tile relate to each other.
-
-    Each tile image, ROI set, released mask and the slide sheet must have read with the right size and type; and
-    per tile and mark-up the ROI set must match ``label masks modify`` (:data:`MIN_OWN_LABEL_FRACTION`), the other
-    masks must mark the same nuclei, the nuclei must be darker than the rest of the tile image
-    (:data:`MAX_NUCLEUS_CONTRAST`), the sheet's nucleus count must equal the ROI count, and two mark-ups of the
-    same tile must overlap (:data:`MIN_MARKUP_DICE`).
+    """Check that every file of a release read, and how the files of each tile relate to each other
+    (:func:`tile_problems`).
 
     Args:
         contents: from :func:`cryonuseg_hf.data.readers.read_release`.
@@ -98,20 +93,39 @@ def check_contents(contents: ReleaseContents) -> dict[str, int]:
     problems = list(contents.problems)
     counts = dict.fromkeys(contents.markups, 0)
     for tile in contents.tiles.values():
-        for markup in contents.markups:
-            if markup in tile.nuclei and "label_masks_modify" in tile.masks[markup]:
-                counts[markup] += len(tile.nuclei[markup])
-                problems += _markup_problems(contents, tile, markup)
-        problems += _markup_overlaps(contents, tile)
+        for markup in _checkable(tile):
+            counts[markup] += len(tile.nuclei[markup])
+        problems += tile_problems(contents.release, tile, contents.metadata)
     if problems:
         raise ReleaseError(contents.release.root, problems)
     return counts
 
 
-def _markup_problems(contents: ReleaseContents, tile: TileContents, markup: str) -> list[str]:
-    """How one tile's files of one mark-up relate to each other and to the tile image and the sheet (empty when
-    they belong together)."""
-    files = contents.release.markups[markup]
+def tile_problems(release: Release, tile: TileContents, metadata: dict[str, dict] | None) -> list[str]:
+    """How the files of one tile relate to each other (empty when they belong together).
+
+    Per mark-up the ROI set must match ``label masks modify`` (:data:`MIN_OWN_LABEL_FRACTION`), the other masks
+    must mark the same nuclei, the nuclei must be darker than the rest of the tile image
+    (:data:`MAX_NUCLEUS_CONTRAST`) and the slide sheet's nucleus count must equal the ROI count; and two mark-ups
+    must overlap (:data:`MIN_MARKUP_DICE`). Files that did not read are left out (their problem is listed where
+    they were read).
+    """
+    problems = []
+    for markup in _checkable(tile):
+        problems += _markup_problems(release, tile, markup, metadata)
+    return problems + _markup_overlaps(release, tile)
+
+
+def _checkable(tile: TileContents) -> list[str]:
+    """The mark-ups of a tile whose ROI set and ``label masks modify`` both read."""
+    return [m for m in tile.masks if m in tile.nuclei and "label_masks_modify" in tile.masks[m]]
+
+
+def _markup_problems(
+    release: Release, tile: TileContents, markup: str, metadata: dict[str, dict] | None
+) -> list[str]:
+    """How one tile's files of one mark-up relate to each other and to the tile image and the sheet."""
+    files = release.markups[markup]
     nuclei, masks = tile.nuclei[markup], tile.masks[markup]
     labels = masks["label_masks_modify"].array
     roi_path, mask_path = files.rois[tile.tile], files.variants["label_masks_modify"][tile.tile]
@@ -141,7 +155,7 @@ def _markup_problems(contents: ReleaseContents, tile: TileContents, markup: str)
             problems.append(f"{path}: its nuclei differ from those of {mask_path}; {fix}")
         if column in INSIDE_FOREGROUND and np.any((mask.array > 0) & (labels == 0)):
             problems.append(f"{path}: it marks pixels outside the nuclei of {mask_path}; {fix}")
-    expected = (contents.metadata or {}).get(tile.tile, {}).get(f"n_cells_{markup}")
+    expected = (metadata or {}).get(tile.tile, {}).get(f"n_cells_{markup}")
     if expected is not None and expected != len(nuclei):
         problems.append(
             f"{roi_path}: holds {len(nuclei)} ROIs but the slide sheet counts {expected} nuclei for {tile.tile} "
@@ -150,20 +164,16 @@ def _markup_problems(contents: ReleaseContents, tile: TileContents, markup: str)
     return problems
 
 
-def _markup_overlaps(contents: ReleaseContents, tile: TileContents) -> list[str]:
+def _markup_overlaps(release: Release, tile: TileContents) -> list[str]:
     """Every pair of mark-ups of a tile whose label masks overlap less than :data:`MIN_MARKUP_DICE`."""
-    labels = {
-        m: tile.masks[m]["label_masks_modify"].array
-        for m in contents.markups
-        if m in tile.nuclei and "label_masks_modify" in tile.masks[m]
-    }
+    labels = {m: tile.masks[m]["label_masks_modify"].array for m in _checkable(tile)}
     names, problems = list(labels), []
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             dice = foreground_dice(labels[first], labels[second])
             if dice < MIN_MARKUP_DICE:
                 problems.append(
-                    f"{contents.release.markups[second].variants['label_masks_modify'][tile.tile]}: overlaps the "
+                    f"{release.markups[second].variants['label_masks_modify'][tile.tile]}: overlaps the "
                     f"{first} mask of {tile.tile} with Dice {dice:.3f} only (at least {MIN_MARKUP_DICE} expected; "
                     f"the release has >= 0.612): one of the two is another tile's; put back the right file"
                 )

@@ -14,7 +14,7 @@ import numpy as np
 
 from cryonuseg_hf.core.folds import ORGANS, fold_of, organ_of
 from cryonuseg_hf.data.mask_variants import BORDER_WIDTHS, nuclei_borders
-from cryonuseg_hf.data.readers import ReleaseContents, ReleasedMask
+from cryonuseg_hf.data.readers import ReleaseContents, ReleasedMask, TileContents
 from cryonuseg_hf.data.release import RELEASED_VARIANTS
 from cryonuseg_hf.data.rois import Nucleus
 
@@ -100,42 +100,58 @@ def border_pngs(instance_mask: np.ndarray) -> dict[str, bytes]:
     return {column: encode_png(borders[w]) for column, w in zip(BORDER_COLUMNS, BORDER_WIDTHS, strict=True)}
 
 
-def tile_pngs(contents: ReleaseContents) -> dict[str, bytes]:
-    """Every tile image as PNG bytes (the same for every mark-up, so encoded once)."""
-    return {tile: encode_png(files.image) for tile, files in contents.tiles.items()}
-
-
-def generate_examples(
-    contents: ReleaseContents, markup: str, images: dict[str, bytes] | None = None
-) -> Iterator[tuple[str, dict]]:
+def generate_examples(contents: ReleaseContents, markup: str) -> Iterator[tuple[str, dict]]:
     """Yield ``(tile_id, row)`` for the 30 tiles of one mark-up, in ``TILE_IDS`` order.
 
     Args:
         contents: the files of a release that passed :func:`cryonuseg_hf.data.release_checks.check_contents`.
         markup: one of ``contents.markups``.
-        images: :func:`tile_pngs` when several mark-ups are made from the same contents, else encoded here.
     """
     if markup not in contents.markups:
         raise ValueError(f"mark-up {markup!r} was not read; the release was read for {contents.markups}")
     for tile, files in contents.tiles.items():
-        nuclei, masks = files.nuclei[markup], files.masks[markup]
-        instance_mask = masks["label_masks_modify"].array
-        row = {
-            "tile_id": tile,
-            "image": {"bytes": images[tile] if images else encode_png(files.image), "path": None},
-            "instance_mask": {"bytes": encode_png(instance_mask), "path": None},
-            "organ": organ_of(tile),
-            "fold": fold_of(tile),
-            "n_nuclei": len(nuclei),
-            "n_instances": int(np.count_nonzero(np.bincount(instance_mask.ravel())[1:])),
-            "nuclei": [nucleus_entry(n) for n in nuclei],
-        }
-        row.update(
-            {column: {"bytes": stored_png(masks[column]), "path": None} for column in RELEASED_COLUMNS}
-        )
-        row.update({c: {"bytes": b, "path": None} for c, b in border_pngs(instance_mask).items()})
-        row.update(contents.metadata[tile])
-        yield tile, row
+        yield tile, tile_row(files, markup, contents.metadata[tile])
+
+
+def tile_rows(files: TileContents, metadata: dict) -> dict[str, dict]:
+    """The row of one tile for every mark-up read, the tile image encoded once.
+
+    Args:
+        files: the tile's files, from :func:`cryonuseg_hf.data.readers.read_tile`, checked.
+        metadata: the tile's slide metadata.
+
+    Returns:
+        mark-up -> row.
+    """
+    image = encode_png(files.image)
+    return {markup: tile_row(files, markup, metadata, image) for markup in files.masks}
+
+
+def tile_row(files: TileContents, markup: str, metadata: dict, image_png: bytes | None = None) -> dict:
+    """The row of one tile and mark-up: every column of :func:`features`.
+
+    Args:
+        files: the tile's files, from :func:`cryonuseg_hf.data.readers.read_tile`, checked.
+        markup: a mark-up read for the tile.
+        metadata: the tile's slide metadata.
+        image_png: the tile image already encoded (it is the same for every mark-up), else encoded here.
+    """
+    nuclei, masks = files.nuclei[markup], files.masks[markup]
+    instance_mask = masks["label_masks_modify"].array
+    row = {
+        "tile_id": files.tile,
+        "image": {"bytes": image_png if image_png is not None else encode_png(files.image), "path": None},
+        "instance_mask": {"bytes": encode_png(instance_mask), "path": None},
+        "organ": organ_of(files.tile),
+        "fold": fold_of(files.tile),
+        "n_nuclei": len(nuclei),
+        "n_instances": int(np.count_nonzero(np.bincount(instance_mask.ravel())[1:])),
+        "nuclei": [nucleus_entry(n) for n in nuclei],
+    }
+    row.update({column: {"bytes": stored_png(masks[column]), "path": None} for column in RELEASED_COLUMNS})
+    row.update({c: {"bytes": b, "path": None} for c, b in border_pngs(instance_mask).items()})
+    row.update(metadata)
+    return row
 
 
 def summarize(rows: list[dict]) -> dict:

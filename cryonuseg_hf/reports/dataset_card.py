@@ -143,7 +143,7 @@ def dataset_card(built: BuiltDataset) -> str:
     agreement = None
     if set(built.splits) == set(MARKUPS):
         references = sorted({reference for reference, _ in COMPARISONS.values()})
-        agreement = observer_comparisons(markup_pairs(built.instance_masks(), references, TILE_IDS))
+        agreement = observer_comparisons(markup_pairs(built.instance_masks, references, TILE_IDS))
     return render_card(built.splits, built.summaries, features(), built.metadata, agreement)
 
 
