@@ -23,7 +23,11 @@ def add_parsers(sub) -> None:
         help="nuclei instances of H&E images: label TIFF, overlay PNG, QuPath GeoJSON, ImageJ ROI zip, CSV",
     )
     predict.add_argument(
-        "images", nargs="+", type=Path, help="PNG/JPEG/TIFF files or folders of them, and whole-slide images"
+        "images",
+        nargs="+",
+        type=Path,
+        help="PNG/JPEG/TIFF files or folders of them, whole-slide images, glob patterns ('scans/*.svs', quoted) "
+        "and .txt files listing them; several slides run as a cohort on Dask (see --cluster)",
     )
     predict.add_argument("-o", "--output", type=Path, required=True, help="output folder (created)")
     add_model(predict, device=True)
@@ -53,6 +57,19 @@ def add_parsers(sub) -> None:
     slides.add_argument("--mpp", type=float, default=None, help="µm per level-0 pixel (default: the slide's)")
     slides.add_argument("--roi", default=None, help="only this region: x,y,width,height in level-0 pixels")
     slides.add_argument("--labels", action="store_true", help="also write a pyramidal label TIFF")
+    slides.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="run the slides on this Dask scheduler (e.g. tcp://host:8786) instead of a local cluster; a slide "
+        "whose outputs are complete is skipped, and cohort_summary.csv/.md say what happened to each",
+    )
+    slides.add_argument(
+        "--workers",
+        type=int_at_least(1),
+        default=None,
+        help="workers of the local Dask cluster for several slides (default: one per GPU, else one per core)",
+    )
     predict.set_defaults(func=cmd_predict)
 
     app = sub.add_parser(
@@ -88,16 +105,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.apps.cohort import find_slides
     from cryonuseg_hf.model.predict import ensure_writable_folder, load_predictor, predict_files
     from cryonuseg_hf.model.slides.predict import predict_slide
-    from cryonuseg_hf.model.slides.reader import is_slide
     from cryonuseg_hf.model.slides.roi import parse_roi
 
     ensure_writable_folder(args.output)
     roi = parse_roi(args.roi) if args.roi else None
     predictor = load_predictor(args.model, device=args.device, backend=args.backend, threads=args.threads)
-    slides = [path for path in args.images if is_slide(path)]
-    images = [path for path in args.images if path not in slides]
+    slides, images = find_slides(args.images)
     written, failures = {}, {}
     if images:
         written, failures = predict_files(
@@ -113,6 +129,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         where = f"{args.output} ({predictor.backend} on {predictor.device})"
         print(f"predicted {len(written)} image(s) into {where}")
+    if len(slides) > 1 or args.cluster or args.workers:
+        try:
+            written, failures = _cohort(args, slides, roi, written, failures)
+        except KeyboardInterrupt:
+            print(
+                f"interrupted: what was done is in {args.output / 'cohort_summary.md'}; the same command "
+                "again predicts the slides left",
+                file=sys.stderr,
+            )
+            return 130
+        slides = []
     for path in slides:
         try:
             summary = predict_slide(
@@ -147,6 +174,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
         named = message if message.startswith(str(path)) else f"{path}: {message}"
         print(f"failed: {named}", file=sys.stderr)
     return 1 if failures or not written else 0
+
+
+def _cohort(args: argparse.Namespace, slides: list[Path], roi, written: dict, failures: dict):
+    """Several slides on Dask (:mod:`cryonuseg_hf.apps.cohort`); adds their outputs and failures to the images'."""
+    from cryonuseg_hf.apps.cohort import ModelChoice, run_cohort
+    from cryonuseg_hf.reports.cohort import count
+
+    choice = ModelChoice(str(args.model) if args.model else None, args.device, args.backend, args.threads)
+    rows, run = run_cohort(
+        slides, args.output, choice, cluster=args.cluster, workers=args.workers, overwrite=args.overwrite,
+        mpp=args.mpp, roi=roi, labels=args.labels, tta=args.tta, tile_size=args.tile_size, margin=args.margin,
+        max_pixels=args.max_pixels, allow_non_tissue=args.allow_non_tissue,
+    )  # fmt: skip
+    for row in rows:
+        if row["status"] == "failed":
+            failures[Path(row["slide"])] = row["error"]
+        elif row["status"] in ("done", "done earlier"):
+            written[Path(row["slide"])] = row["status"]
+    counts = ", ".join(f"{n} {status}" for status, n in count(rows).items() if n)
+    print(
+        f"cohort of {len(rows)} slides on {run['workers']} workers ({run['cluster']}), {run['seconds']:.0f} s: "
+        f"{counts}; summary {args.output / 'cohort_summary.md'}"
+    )
+    return written, failures
 
 
 def cmd_app(args: argparse.Namespace) -> int:
