@@ -38,6 +38,41 @@ def add_parsers(sub) -> None:
         "--margin", type=int_at_least(0), default=64, help="context around each tile's core, pixels"
     )
     predict.add_argument("--tta", action="store_true", help="average over 8 flips/rotations (8x slower)")
+    speed = predict.add_argument_group(
+        "speed (each off by default; measured in results/predict_speed.json and results/wsi_throughput.md)"
+    )
+    speed.add_argument(
+        "--head",
+        choices=("stock", "folded"),
+        default="stock",
+        help="folded: the decode head's fuse layer folded into its stage projections (same function, less work)",
+    )
+    speed.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: bfloat16 matrix products (--backend openvino on the CPU, torch on a GPU)",
+    )
+    speed.add_argument(
+        "--blend",
+        action="store_true",
+        help="blend the class probabilities of overlapping windows and post-process once (images and slide blocks)",
+    )
+    speed.add_argument(
+        "--overlap", type=int_at_least(0), default=128, help="with --blend: least overlap of windows, pixels"
+    )
+    speed.add_argument(
+        "--batch-size",
+        type=int_at_least(1),
+        default=1,
+        help="with --blend: windows run through the model at once",
+    )
+    speed.add_argument(
+        "--block-threads",
+        type=int_at_least(1),
+        default=1,
+        help="slides: blocks read and labelled at once, in threads (2 keeps a GPU busy while a block is read)",
+    )
     predict.add_argument(
         "--max-pixels",
         type=int_at_least(1),
@@ -112,7 +147,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     ensure_writable_folder(args.output)
     roi = parse_roi(args.roi) if args.roi else None
-    predictor = load_predictor(args.model, device=args.device, backend=args.backend, threads=args.threads)
+    predictor = load_predictor(
+        args.model,
+        device=args.device,
+        backend=args.backend,
+        threads=args.threads,
+        head=args.head,
+        precision=args.precision,
+    )
     slides, images = find_slides(args.images)
     written, failures = {}, {}
     if images:
@@ -126,6 +168,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             tta=args.tta,
             max_pixels=args.max_pixels,
             allow_non_tissue=args.allow_non_tissue,
+            blend=args.blend,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
         )
         where = f"{args.output} ({predictor.backend} on {predictor.device})"
         print(f"predicted {len(written)} image(s) into {where}")
@@ -156,6 +201,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 max_pixels=args.max_pixels,
                 allow_non_tissue=args.allow_non_tissue,
                 progress=True,
+                blend=args.blend,
+                overlap=args.overlap,
+                batch_size=args.batch_size,
+                block_threads=args.block_threads,
             )
         except (OSError, ValueError) as error:
             failures[path] = str(error)
@@ -165,8 +214,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             return 130
         written[path] = summary["outputs"]
         print(
-            f"{path}: {summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm2 of tissue "
-            f"({summary['blocks_with_tissue']} blocks), {summary['seconds']:.0f} s; outputs "
+            f"{path}: {summary['nuclei']} nuclei in {summary['tissue_mm2']:.3g} mm2 of tissue "
+            f"({summary['blocks_with_tissue']} of {summary['blocks']} blocks), {summary['seconds']:.0f} s; outputs "
             f"{args.output}/{path.stem}{{.geojson,_nuclei.csv,_overview.png,_summary.json}}"
         )
     for path, message in failures.items():

@@ -25,6 +25,9 @@ from cryonuseg_hf.model.tissue import has_tissue
 
 BLOCK_SIZE = 2048
 """Side of a block in model pixels: memory holds one block window (~50 MB) and its labels."""
+BlockLabeller = Callable[[np.ndarray, Callable[[np.ndarray], bool], dict], np.ndarray]
+"""(block window, RGB in model pixels; ``blank(window)``, true for a window without tissue, which need not be run;
+a dict to add the counts ``windows`` and ``windows_skipped`` to) -> (h, w) integer labels of the block window."""
 
 
 @dataclass
@@ -71,6 +74,8 @@ def slide_nuclei(
     roi: Roi | None = None,
     stats: SlideStats | None = None,
     progress: bool = False,
+    label_block: BlockLabeller | None = None,
+    block_threads: int = 1,
 ) -> Iterator[BlockNuclei]:
     """Stream the nuclei of a slide, block by block, each nucleus exactly once.
 
@@ -85,6 +90,10 @@ def slide_nuclei(
         stats: filled in as blocks are done.
         progress: a progress bar (tqdm, on stderr) that advances by the tissue under each block done (so its
             time left weighs blocks by their tissue) and shows the blocks done and the nuclei found so far.
+        label_block: labels a whole block window instead of ``predict_tile`` and its tiles (a blended labeller,
+            :func:`cryonuseg_hf.model.predict.blended_labeller`); see :data:`BlockLabeller`.
+        block_threads: blocks read and labelled at once, in threads, in order (that many blocks in memory):
+            on a GPU one block's reading and post-processing overlap another's model work.
 
     Yields:
         :class:`BlockNuclei` for every block with tissue.
@@ -99,12 +108,27 @@ def slide_nuclei(
     stats.blocks, stats.blocks_with_tissue = len(blocks), len(todo)
     model_mpp = slide.model_mpp
 
-    def predict_or_skip(window: np.ndarray) -> np.ndarray:
-        if not has_tissue(window, model_mpp):
-            stats.tiles_skipped += 1
-            return np.zeros(window.shape[:2], np.int32)
-        stats.tiles_run += 1
-        return predict_tile(window)
+    def blank(window: np.ndarray) -> bool:
+        return not has_tissue(window, model_mpp)
+
+    def read_and_label(block: Tile) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The block's pixels, labels and counts (``windows``, ``windows_skipped``, the tiling's)."""
+        image = read_model_region(slide, *block.window)
+        counts: dict = {"windows": 0, "windows_skipped": 0}
+        if label_block is not None:
+            return image, label_block(image, blank, counts), counts
+
+        def predict_or_skip(window: np.ndarray) -> np.ndarray:
+            if blank(window):
+                counts["windows_skipped"] += 1
+                return np.zeros(window.shape[:2], np.int32)
+            counts["windows"] += 1
+            return predict_tile(window)
+
+        labels = predict_tiled(
+            image, predict_or_skip, tile_size=tile_size, margin=margin, align=align, stats=counts
+        )
+        return image, labels, counts
 
     total = sum(weight for _, weight in todo)
     bar = tqdm(
@@ -113,13 +137,13 @@ def slide_nuclei(
         bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed} < {remaining} left]",
         disable=not progress,
     )
-    for done, (block, weight) in enumerate(todo, start=1):
+    labelled = _in_order(read_and_label, [block for block, _ in todo], block_threads)
+    for done, ((block, weight), (image, labels, tiled)) in enumerate(
+        zip(todo, labelled, strict=True), start=1
+    ):
         rows, cols = block.window
-        image = read_model_region(slide, rows, cols)
-        tiled: dict = {}
-        labels = predict_tiled(
-            image, predict_or_skip, tile_size=tile_size, margin=margin, align=align, stats=tiled
-        )
+        stats.tiles_run += tiled["windows"]
+        stats.tiles_skipped += tiled["windows_skipped"]
         for key in ("duplicates_dropped", "shared_pixels", "touching_cut_edge"):
             setattr(stats, key, getattr(stats, key) + tiled.get(key, 0))
         owned = owned_nuclei(labels, (rows.start, cols.start), block.core)
@@ -129,13 +153,31 @@ def slide_nuclei(
         mm2 = tissue.area_mm2 * (bar.n + weight) / total  # mask pixels on a seam count in both blocks
         bar.set_description_str(
             f"{slide.path.name}: {done}/{len(todo)} blocks, {stats.nuclei} nuclei, "
-            f"{mm2:.2f}/{tissue.area_mm2:.2f} mm² of tissue",
+            f"{mm2:.3g}/{tissue.area_mm2:.3g} mm² of tissue",
             refresh=False,
         )
         bar.update(weight)
         if records:
             yield BlockNuclei(records, features, block.window, global_labels)
     bar.close()
+
+
+def _in_order(function: Callable, items: list, workers: int) -> Iterator:
+    """``function(item)`` for each item, in order, with up to ``workers`` of them running at once in threads."""
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _block_grid(slide: Slide, roi: Roi | None, block_size: int, margin: int, align: int) -> list[Tile]:
