@@ -51,10 +51,11 @@ def add_model(parser: argparse.ArgumentParser, device: bool = False) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnx"),
+        choices=("auto", "torch", "onnx", "openvino"),
         default="auto",
-        help="onnx: onnxruntime on an export checked against torch and cached per checkpoint; "
-        "auto: onnx on the CPU, torch on a GPU",
+        help="onnx: onnxruntime on an export checked against torch and cached per checkpoint; openvino: that "
+        "export run by OpenVINO on the CPU (pip install 'cryonuseg_hf[openvino]'); auto: onnx on the CPU, torch on "
+        "a GPU",
     )
     if device:
         parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

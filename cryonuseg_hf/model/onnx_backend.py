@@ -14,8 +14,11 @@ no pixel changed class). 1e-3 leaves over a hundred times that room, yet keeps e
 of torch's (softmax moves by at most the largest change of its inputs), so the post-processing, which thresholds
 probabilities, can only decide differently for pixels within 1e-3 of a threshold.
 
+With ``head="folded"`` the graph uses the decode head of :mod:`cryonuseg_hf.model.folded_head` (the same function,
+a third of the work) and is checked against the stock torch model with the same tolerance.
+
 The ONNX file lives in the user's cache (``$CRYONUSEG_HF_CACHE``, else ``$XDG_CACHE_HOME/cryonuseg_hf``, else
-``~/.cache/cryonuseg_hf``), named by the SHA-256 of the checkpoint files, so a changed checkpoint gets a new
+``~/.cache/cryonuseg_hf``), named by the SHA-256 of the checkpoint files and the head, so a changed checkpoint gets a new
 export and nothing is written into the installed package.
 """
 
@@ -88,6 +91,7 @@ def export_onnx(
     out_path: str | os.PathLike,
     images: Sequence[np.ndarray] | None = None,
     tolerance: float = LOGIT_TOLERANCE,
+    head: str = "stock",
 ) -> dict:
     """Export a checkpoint to ONNX with ``torch.onnx.export`` and check it against torch.
 
@@ -96,6 +100,8 @@ def export_onnx(
         out_path: the ``.onnx`` file to write; it appears only if the check passes.
         images: (H, W, 3) uint8 tiles to compare on; default :func:`check_images`.
         tolerance: largest accepted absolute logit difference.
+        head: ``stock`` or ``folded`` (:data:`cryonuseg_hf.model.folded_head.HEADS`); either is compared with
+            the stock torch model.
 
     Returns:
         the check: ``{"max_abs_logit_diff", "max_abs_probability_diff", "argmax_disagreement", "images"}``.
@@ -107,10 +113,12 @@ def export_onnx(
 
     import torch
 
+    from cryonuseg_hf.model.folded_head import with_head
     from cryonuseg_hf.model.segformer import load_torch_module
 
     model_path, out_path = Path(model_path), Path(out_path)
-    module, _ = load_torch_module(model_path, "cpu")
+    reference, _ = load_torch_module(model_path, "cpu")
+    module = with_head(reference, head)
     images = list(images) if images is not None else check_images()
     example = torch.from_numpy(_to_batch(images[0]))
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +142,7 @@ def export_onnx(
                 dynamo=False,
             )
         session = _session(Path(tmp), "cpu", None)
-        report = compare_with_torch(module, session, images)
+        report = compare_with_torch(reference, _session_runner(session), images)
         if report["max_abs_logit_diff"] > tolerance:
             raise OnnxMismatchError(
                 f"{model_path}: the ONNX export differs from torch by up to {report['max_abs_logit_diff']:.3g} "
@@ -152,17 +160,33 @@ def _to_batch(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
-def compare_with_torch(module, session, images: Sequence[np.ndarray]) -> dict:
-    """Largest differences between the torch module and the onnxruntime session on ``images``."""
+def _session_runner(session) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    return lambda batch: tuple(session.run(["probabilities", "logits"], {"images": batch}))
+
+
+def compare_with_torch(
+    module, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], images: Sequence[np.ndarray]
+) -> dict:
+    """Largest differences between the torch module and another runtime on ``images``.
+
+    Args:
+        module: the reference, a torch probability module.
+        run: (1, 3, H, W) float32 batch -> (probabilities, logits) as numpy arrays.
+        images: (H, W, 3) uint8 images.
+
+    Returns:
+        ``max_abs_logit_diff``, ``max_abs_probability_diff``, ``mean_abs_probability_diff`` (over every class and
+        pixel), ``argmax_disagreement`` (fraction of pixels whose most likely class differs) and ``images``.
+    """
     import torch
 
-    logit_diff = probability_diff = 0.0
-    disagree = total = 0
+    logit_diff = probability_diff = probability_sum = 0.0
+    disagree = total = values = 0
     for image in images:
         batch = _to_batch(image)
         with torch.inference_mode():
             p_torch, l_torch = (t.numpy() for t in module(torch.from_numpy(batch)))
-        p_onnx, l_onnx = session.run(["probabilities", "logits"], {"images": batch})
+        p_onnx, l_onnx = run(batch)
         if p_onnx.shape != p_torch.shape or l_onnx.shape != l_torch.shape:
             raise OnnxMismatchError(
                 f"ONNX output shapes {p_onnx.shape}, {l_onnx.shape} differ from torch's {p_torch.shape}, "
@@ -170,25 +194,30 @@ def compare_with_torch(module, session, images: Sequence[np.ndarray]) -> dict:
             )
         logit_diff = max(logit_diff, float(np.abs(l_onnx - l_torch).max()))
         probability_diff = max(probability_diff, float(np.abs(p_onnx - p_torch).max()))
+        probability_sum += float(np.abs(p_onnx - p_torch).astype(np.float64).sum())
+        values += p_torch.size
         disagree += int((p_onnx.argmax(1) != p_torch.argmax(1)).sum())
         total += p_torch[:, 0].size
     return {
         "max_abs_logit_diff": logit_diff,
         "max_abs_probability_diff": probability_diff,
+        "mean_abs_probability_diff": probability_sum / max(values, 1),
         "argmax_disagreement": disagree / max(total, 1),
         "images": [list(image.shape) for image in images],
     }
 
 
-def cached_onnx(model_path: str | os.PathLike) -> Path:
-    """The checked ONNX export of a checkpoint, exported on first use into :func:`cache_dir`."""
+def cached_onnx(model_path: str | os.PathLike, head: str = "stock") -> Path:
+    """The checked ONNX export of a checkpoint with decode head ``head``, exported on first use into
+    :func:`cache_dir`."""
     import torch
 
     key = checkpoint_hash(model_path)[:20]
-    path = cache_dir() / f"segformer-{key}-opset{OPSET}-torch{torch.__version__.split('+')[0]}.onnx"
+    suffix = "" if head == "stock" else f"-{head}"
+    path = cache_dir() / f"segformer-{key}{suffix}-opset{OPSET}-torch{torch.__version__.split('+')[0]}.onnx"
     if not path.is_file():
-        logger.warning("exporting %s to ONNX (once per checkpoint): %s", model_path, path)
-        export_onnx(model_path, path)
+        logger.warning("exporting %s to ONNX (once per checkpoint and head): %s", model_path, path)
+        export_onnx(model_path, path, head=head)
     return path
 
 
@@ -212,7 +241,7 @@ def _session(path: Path, device: str, threads: int | None, arena: bool = True):
 
 
 def onnx_runner(
-    model_path: str | os.PathLike, device: str = "cpu", threads: int | None = None
+    model_path: str | os.PathLike, device: str = "cpu", threads: int | None = None, head: str = "stock"
 ) -> Callable[[np.ndarray], np.ndarray]:
     """(N, 3, H, W) float32 RGB 0..255 -> (N, C, H, W) probabilities, by onnxruntime on the cached export.
 
@@ -224,7 +253,7 @@ def onnx_runner(
     from cryonuseg_hf.model.postprocess import params_from_config
 
     _, input_scale = params_from_config(model_path)
-    session = _session(cached_onnx(model_path), device, threads, arena=input_scale <= 1.0)
+    session = _session(cached_onnx(model_path, head), device, threads, arena=input_scale <= 1.0)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return session.run(["probabilities"], {"images": batch})[0]

@@ -20,7 +20,14 @@ import numpy as np
 from cryonuseg_hf.core.files import staged_files
 from cryonuseg_hf.model.images import MAX_PIXELS
 from cryonuseg_hf.model.postprocess import probabilities_to_instances
-from cryonuseg_hf.model.predict import Predictor, ensure_writable_folder, grid_step, load_predictor
+from cryonuseg_hf.model.predict import (
+    BLEND_OVERLAP,
+    Predictor,
+    block_labeller,
+    ensure_writable_folder,
+    grid_step,
+    load_predictor,
+)
 from cryonuseg_hf.model.slides.blocks import BLOCK_SIZE, BlockNuclei, SlideStats, slide_nuclei
 from cryonuseg_hf.model.slides.outputs import slide_output_paths, write_nuclei
 from cryonuseg_hf.model.slides.overview import count_centroids, write_overview
@@ -51,6 +58,10 @@ def predict_slide(
     max_pixels: int = MAX_PIXELS,
     allow_non_tissue: bool = False,
     progress: bool = False,
+    blend: bool = False,
+    overlap: int = BLEND_OVERLAP,
+    batch_size: int = 1,
+    block_threads: int = 1,
 ) -> dict:
     """Predict every nucleus of a whole slide and write its outputs (see :func:`~cryonuseg_hf.model.slides.outputs.slide_output_paths`).
 
@@ -74,6 +85,11 @@ def predict_slide(
             (:func:`cryonuseg_hf.model.tissue.overview_problem`, e.g. a fluorescence scan), with a logged warning,
             instead of refusing it.
         progress: a progress bar with the blocks done, the nuclei found so far and the time left.
+        blend, overlap, batch_size: blend each block's windows, as in
+            :func:`cryonuseg_hf.model.predict.predict_instances` (a Predictor or checkpoint only); nuclei are
+            owned across blocks as without it.
+        block_threads: blocks read and labelled at once, in threads (see
+            :func:`~cryonuseg_hf.model.slides.blocks.slide_nuclei`).
 
     Returns:
         the summary also written to ``<stem>_summary.json``.
@@ -92,6 +108,10 @@ def predict_slide(
         raise FileExistsError(f"{path}: outputs exist already ({', '.join(existing)}); pass --overwrite")
     slide = open_slide(path, mpp=mpp, max_pixels=max_pixels)
     predict_tile, backend_name, align = _tile_predictor(model, device, backend, threads, tta, align)
+    label_block = None
+    if blend:
+        predictor = model if isinstance(model, Predictor) else load_predictor(model, device, backend, threads)
+        label_block = block_labeller(predictor, tile_size, overlap, batch_size, tta)
     started = (time.perf_counter(), time.process_time())  # the model is loaded: time the slide's own work
     tissue = tissue_map(slide, roi=roi)
     if tissue.problem and not allow_non_tissue:
@@ -117,6 +137,8 @@ def predict_slide(
             roi=roi,
             stats=stats,
             progress=progress,
+            label_block=label_block,
+            block_threads=block_threads,
         )
         write_nuclei(_counted(blocks, density, tissue.per_level0), twins, slide)
         times["seconds"] = time.perf_counter() - started[0]
