@@ -35,7 +35,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ class ModelChoice:
     device: str = "auto"
     backend: str = "auto"
     threads: int | None = None
+    head: str = "stock"
+    precision: str = "fp32"
 
 
 # ------------------------------------------------------------------------------------------------- the inputs
@@ -188,7 +190,9 @@ def worker_predictor(choice: ModelChoice) -> tuple[Any, float | None]:
         name = _worker_name()
         if torch.cuda.device_count() > 1 and name.isdigit():
             torch.cuda.set_device(int(name) % torch.cuda.device_count())
-    _PREDICTORS[choice] = load_predictor(choice.model, choice.device, choice.backend, choice.threads)
+    _PREDICTORS[choice] = load_predictor(
+        choice.model, choice.device, choice.backend, choice.threads, choice.head, choice.precision
+    )
     return _PREDICTORS[choice], time.perf_counter() - started
 
 
@@ -349,7 +353,7 @@ def run_cohort(
     rows, todo = plan(slides, out_dir, overwrite, bool(options.get("labels")))
     started = time.perf_counter()
     size, threads = local_cluster_size(choice.device, workers, choice.threads)
-    choice = ModelChoice(choice.model, choice.device, choice.backend, choice.threads or threads)
+    choice = replace(choice, threads=choice.threads or threads)
     run = {"workers": 0, "cluster": cluster or "local", "seconds": 0.0, "interrupted": False}
     try:
         if todo:

@@ -230,11 +230,19 @@ def _cohort(args: argparse.Namespace, slides: list[Path], roi, written: dict, fa
     from cryonuseg_hf.apps.cohort import ModelChoice, run_cohort
     from cryonuseg_hf.reports.cohort import count
 
-    choice = ModelChoice(str(args.model) if args.model else None, args.device, args.backend, args.threads)
+    choice = ModelChoice(
+        str(args.model) if args.model else None,
+        args.device,
+        args.backend,
+        args.threads,
+        args.head,
+        args.precision,
+    )
     rows, run = run_cohort(
         slides, args.output, choice, cluster=args.cluster, workers=args.workers, overwrite=args.overwrite,
         mpp=args.mpp, roi=roi, labels=args.labels, tta=args.tta, tile_size=args.tile_size, margin=args.margin,
-        max_pixels=args.max_pixels, allow_non_tissue=args.allow_non_tissue,
+        max_pixels=args.max_pixels, allow_non_tissue=args.allow_non_tissue, blend=args.blend,
+        overlap=args.overlap, batch_size=args.batch_size, block_threads=args.block_threads,
     )  # fmt: skip
     for row in rows:
         if row["status"] == "failed":
