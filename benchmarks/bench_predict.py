@@ -6,7 +6,9 @@ in one run, on one checkpoint, with the same post-processing (``cryonuseg_hf.mod
 - ``stock_pipeline``: ``transformers.pipeline("image-segmentation")`` (its own image processor, which resizes
   to the checkpoint's ``512 * input_scale``) followed by ``predict.instances_from_pipeline``;
 - ``torch``: ``predict_instances`` with the torch backend;
-- ``onnxruntime``: ``predict_instances`` with the ONNX backend (export checked against torch, cached).
+- ``onnxruntime``: ``predict_instances`` with the ONNX backend (export checked against torch, cached);
+- ``openvino_bf16_folded``: ``predict_instances`` with ``--backend openvino --precision bf16 --head folded``
+  (needs ``pip install 'cryonuseg_hf[openvino]'``).
 
 With ``--large 2048 4096 8192`` each side is also run end to end (prediction in tiles plus writing every output
 file) in a fresh process, on a mosaic of real tiles, recording wall time and peak RSS.
@@ -128,6 +130,8 @@ def bench_tile(model: Path, threads: int, repeats: int) -> dict:
     pipe = pipeline("image-segmentation", model=str(model), device="cpu")
     by_torch = load_predictor(model, device="cpu", backend="torch", threads=threads)
     by_onnx = load_predictor(model, device="cpu", backend="onnx", threads=threads)
+    fast = {"backend": "openvino", "head": "folded", "precision": "bf16"}
+    by_fast = load_predictor(model, device="cpu", threads=threads, **fast)
     probabilities = by_onnx.probabilities(tile)
     timings = interleaved(
         {
@@ -137,12 +141,14 @@ def bench_tile(model: Path, threads: int, repeats: int) -> dict:
             "stock_pipeline_model": lambda: pipe(pil_tile),
             "torch_model": lambda: by_torch.probabilities(tile),
             "onnxruntime_model": lambda: by_onnx.probabilities(tile),
+            "openvino_bf16_folded": lambda: predict_instances(tile, by_fast),
+            "openvino_bf16_folded_model": lambda: by_fast.probabilities(tile),
             "postprocess": lambda: probabilities_to_instances(probabilities, by_onnx.params),
         },
         repeats,
     )
     results: dict = {}
-    for name in ("stock_pipeline", "torch", "onnxruntime"):
+    for name in ("stock_pipeline", "torch", "onnxruntime", "openvino_bf16_folded"):
         end = timings[name]
         results[name] = {
             "end_to_end_s": end["s"],
@@ -153,7 +159,7 @@ def bench_tile(model: Path, threads: int, repeats: int) -> dict:
         }
     results["postprocess_s"] = timings["postprocess"]["s"]
     stock = results["stock_pipeline"]["end_to_end_s"]
-    for name in ("torch", "onnxruntime"):
+    for name in ("torch", "onnxruntime", "openvino_bf16_folded"):
         results[name]["speedup_vs_stock_pipeline"] = round(stock / results[name]["end_to_end_s"], 2)
     return results
 
@@ -167,7 +173,7 @@ def bench_agreement(model: Path, threads: int) -> dict:
     """
     from cryonuseg_hf.core.tiles import TILE_SIZE
     from cryonuseg_hf.evaluation.metrics import score_tile
-    from cryonuseg_hf.model.predict import grid_step, load_predictor, predict_instances
+    from cryonuseg_hf.model.predict import BLEND_OVERLAP, grid_step, load_predictor, predict_instances
     from cryonuseg_hf.model.tiling import predict_tiled
 
     predictor = load_predictor(model, device="cpu", backend="torch", threads=threads)
@@ -180,6 +186,7 @@ def bench_agreement(model: Path, threads: int) -> dict:
     whole = predict_instances(mosaic, predictor, tile_size=2 * side)
     stats: dict = {}
     tiled = predict_instances(mosaic, predictor, tile_size=window, margin=64)
+    blended = predict_instances(mosaic, predictor, tile_size=window, blend=True, overlap=BLEND_OVERLAP)
     alone = predict_instances(tiles[0], predictor)
     shifted_1 = predict_instances(tiles[0][1:, 1:], predictor)
     shifted_32 = predict_instances(tiles[0][32:, 32:], predictor)
@@ -192,6 +199,9 @@ def bench_agreement(model: Path, threads: int) -> dict:
         "mosaic": f"2x2 of {', '.join(TILES)} cropped to {side}x{side}",
         "tiling": f"windows of {window} px, margin 64 px, starts on the model's grid (every {step} px)",
         "tiled_vs_untiled_pq": round(score_tile(whole, tiled)["pq"], 4),
+        "blended_vs_untiled_pq": round(score_tile(whole, blended)["pq"], 4),
+        "blended": f"windows of {window} px overlapping by {BLEND_OVERLAP} px or more, probabilities blended "
+        "(predict --blend); a 512 px tile is one window, so the shifts below are the same blended or not",
         "nuclei_untiled_tiled": [int(whole.max()), int(tiled.max())],
         "tile_alone_vs_inside_untiled_mosaic_pq": round(score_tile(whole[:side, :side], alone)["pq"], 4),
         "tile_vs_tile_shifted_1px_pq": round(score_tile(alone[1:, 1:], shifted_1)["pq"], 4),

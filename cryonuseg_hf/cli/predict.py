@@ -59,7 +59,7 @@ def add_parsers(sub) -> None:
         help="blend the class probabilities of overlapping windows and post-process once (images and slide blocks)",
     )
     speed.add_argument(
-        "--overlap", type=int_at_least(0), default=128, help="with --blend: least overlap of windows, pixels"
+        "--overlap", type=int_at_least(0), default=64, help="with --blend: least overlap of windows, pixels"
     )
     speed.add_argument(
         "--batch-size",
