@@ -1,11 +1,14 @@
-"""Whole-slide prediction: throughput per tissue area and peak memory, on slides of two sizes with the same tissue.
+"""Whole-slide prediction: CPU-seconds per mm² of tissue beside InstanSeg, and peak memory, for each set of options.
 
 Each slide is a pyramidal TIFF (levels 1:1, 1:4, 1:16, 1:64, zlib, the model's µm/px) written tile by tile from a
-virtual image: white glass with real CryoNuSeg tiles side by side (one piece of tissue), so the tissue is real H&E and the
-glass is what tissue detection must skip. The small slide is 2048 x 2048 px; the large one has the size of the
-median TCGA slide of ``Selected_WSIs.xlsx``. Each is predicted by ``cryonuseg-hf predict`` in a child process
-(onnxruntime, ``--threads``), whose peak resident memory is read from the OS; the work is timed inside
-``predict_slide`` (model loading excluded).
+virtual image: white glass with 16 real CryoNuSeg tiles side by side as one contiguous 2048 x 2048 px piece of
+tissue, so the tissue is real H&E and the glass is what tissue detection must skip. The small slide is 3072 x 3072
+px; the large one has the size of the median TCGA slide of ``Selected_WSIs.xlsx``. Each set of ``predict``
+options (``--options``, one string each; the first is the reference) runs the small slide with ``cryonuseg-hf
+predict`` in a child process (``--threads``); the large slide runs with the last set, for memory and the tissue
+search's cost. The work is timed inside ``predict_slide`` (model loading excluded); peak resident memory is read
+from the OS. InstanSeg's ``brightfield_nuclei`` labels the same 2048 x 2048 px of tissue at its documented 0.5 µm/px
+in a child process (``bench_levers.py --one instanseg``, model loading excluded too).
 
     python benchmarks/bench_wsi.py --threads 2   # writes results/wsi_throughput.json/.md and results/wsi_overview.png
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -34,6 +37,8 @@ from cryonuseg_hf.model.slides.pyramid import write_pyramid
 from cryonuseg_hf.model.slides.reader import MODEL_MPP
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
+FAST = "--backend openvino --precision bf16 --head folded --blend"
+"""The fastest options measured on this CPU (``results/predict_levers.md``)."""
 
 
 class GlassWithTiles:
@@ -56,16 +61,20 @@ class GlassWithTiles:
         return out
 
 
-def layout(images: list[np.ndarray], shape: tuple[int, int], rows: int = 3) -> dict:
-    """The tiles side by side in one piece of tissue ``rows`` tiles high, in the middle of the slide."""
+def layout(images: list[np.ndarray], shape: tuple[int, int]) -> dict:
+    """The tiles side by side in one square-ish piece of tissue, in the middle of the slide."""
+    rows = max(1, round(len(images) ** 0.5))
     cols = -(-len(images) // rows)
     row0, col0 = shape[0] // 2 - rows * 256, shape[1] // 2 - cols * 256
     return {(row0 + (i // cols) * 512, col0 + (i % cols) * 512): image for i, image in enumerate(images)}
 
 
-def run_slide(path: Path, out: Path, threads: int) -> dict:
+def run_slide(path: Path, out: Path, threads: int, options: str) -> dict:
+    """``cryonuseg-hf predict`` on a slide in a child process: its summary, wall and CPU time, peak memory."""
     command = [sys.executable, "-m", "cryonuseg_hf.cli", "predict", str(path), "-o", str(out)]
-    command += ["--backend", "onnx", "--device", "cpu", "--threads", str(threads), "--overwrite"]
+    command += ["--device", "cpu", "--threads", str(threads), "--overwrite", *shlex.split(options)]
+    if "--backend" not in options:
+        command += ["--backend", "onnx"]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)  # this child's own peak resident memory
@@ -77,13 +86,32 @@ def run_slide(path: Path, out: Path, threads: int) -> dict:
     summary["peak_rss_gib"] = round(usage.ru_maxrss / 2**20, 3)  # ru_maxrss is in KiB on Linux
     # CPU time is what the work costs whatever else shares the machine (wall time under load is not)
     summary["process_cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
+    # the model's work per tissue area: CPU time of predict_slide less its tissue search (a per-slide cost)
+    work = summary["cpu_seconds"] - summary["tissue_search_cpu_seconds"]
+    summary["cpu_seconds_per_mm2_tissue"] = round(work / summary["tissue_mm2"], 1)
     return summary
 
 
+def run_peer(threads: int) -> dict:
+    """InstanSeg on the same 2048 x 2048 px of tissue, in a child process (``bench_levers.py --one instanseg``)."""
+    command = [sys.executable, str(Path(__file__).with_name("bench_levers.py")), "--one", "instanseg"]
+    done = subprocess.run(command + ["--threads", str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
+    from cryonuseg_hf.core.machine import load_words, machine_description
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tiles", type=int, default=3, help="CryoNuSeg tiles laid on each slide")
+    parser.add_argument("--tiles", type=int, default=16, help="CryoNuSeg tiles laid on each slide")
+    parser.add_argument(
+        "--options",
+        nargs="+",
+        default=["", FAST],
+        help="predict options, one string per run (the first is the reference; '' = the defaults)",
+    )
+    parser.add_argument("--no-peer", action="store_true", help="leave InstanSeg out")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -93,84 +121,93 @@ def main() -> None:
     median_area = statistics.median(h * w for h, w in sizes)
     typical = min(sizes, key=lambda s: abs(s[0] * s[1] - median_area))
     images = [read_image(release.images[t]) for t in TILE_IDS[: args.tiles]]
-    load_before = os.getloadavg()
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-wsi-"))
-    runs = {}
+    small, large = {}, {}
     try:
-        for name, shape in (("small", (2048, 2048)), ("typical", typical)):
-            path = work / f"{name}.tif"
+        paths = {}
+        for name, shape in (("small", (3072, 3072)), ("typical", typical)):
+            paths[name] = work / f"{name}.tif"
             started = time.perf_counter()
-            write_pyramid(path, GlassWithTiles(shape, layout(images, shape)), MODEL_MPP, steps=(1, 4, 16, 64))
-            write_seconds = time.perf_counter() - started
-            summary = run_slide(path, work / name, args.threads)
-            summary["slide_write_seconds"] = round(write_seconds, 1)
-            summary["file_mib"] = round(path.stat().st_size / 2**20, 1)
-            runs[name] = summary
-            print(json.dumps({k: summary[k] for k in ("level0_size", "nuclei", "seconds", "peak_rss_gib")}))
-        shutil.copy(work / "small" / "small_overview.png", args.out / "wsi_overview.png")
+            glass = GlassWithTiles(shape, layout(images, shape))
+            write_pyramid(paths[name], glass, MODEL_MPP, steps=(1, 4, 16, 64))
+            print(f"{name} slide written in {time.perf_counter() - started:.1f} s", flush=True)
+        for index, options in enumerate(args.options):
+            small[options] = run_slide(paths["small"], work / f"small{index}", args.threads, options)
+            print(
+                f"small slide, options {options!r}:", small[options]["cpu_seconds_per_mm2_tissue"], flush=True
+            )
+        large = run_slide(paths["typical"], work / "typical", args.threads, args.options[-1])
+        last = len(args.options) - 1
+        shutil.copy(work / f"small{last}" / "small_overview.png", args.out / "wsi_overview.png")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    peer = None if args.no_peer else run_peer(args.threads)
+    load_after = os.getloadavg()[0]
 
-    big = runs["typical"]
-    seconds_per_mm2 = big["seconds"] / big["tissue_mm2"]
-    # the model's work per tissue area: CPU time of predict_slide less its tissue search (a per-slide cost)
-    cpu_per_mm2 = (big["cpu_seconds"] - big["tissue_search_cpu_seconds"]) / big["tissue_mm2"]
-    tissue_mpx_per_cpu_s = big["tissue_megapixels"] / (big["cpu_seconds"] - big["tissue_search_cpu_seconds"])
+    reference = small[args.options[0]]["cpu_seconds_per_mm2_tissue"]
     median_mm2 = median_area * MODEL_MPP**2 * 1e-6
+    best = small[args.options[-1]]["cpu_seconds_per_mm2_tissue"]
     result = {
-        "command": f"python benchmarks/bench_wsi.py --threads {args.threads} --tiles {args.tiles}",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "command": "python benchmarks/bench_wsi.py --threads "
+        + f"{args.threads} --tiles {args.tiles} --options "
+        + " ".join(shlex.quote(o) for o in args.options)
+        + (" --no-peer" if args.no_peer else ""),
+        "machine": machine_description(),
+        "load": load_words(load_before, load_after),
         "threads": args.threads,
-        "backend": "onnxruntime (CPU)",
-        "tissue_megapixels_per_second": big["tissue_megapixels_per_second"],
-        "seconds_per_mm2_tissue": round(seconds_per_mm2, 2),
-        "minutes_per_cm2_tissue": round(seconds_per_mm2 * 100 / 60, 1),
-        "cpu_seconds_per_mm2_tissue": round(cpu_per_mm2, 2),
-        "tissue_megapixels_per_cpu_second": round(tissue_mpx_per_cpu_s, 5),
+        "tissue": f"{args.tiles} CryoNuSeg tiles side by side, one contiguous piece",
+        "cpu_seconds_per_mm2_tissue": {
+            options or "defaults": r["cpu_seconds_per_mm2_tissue"] for options, r in small.items()
+        },
+        "instanseg_cpu_seconds_per_mm2_tissue": peer["cpu_s_per_mm2"] if peer else None,
         "median_tcga_slide": {
             "size": [typical[1], typical[0]],
-            "area_mm2": round(median_area * MODEL_MPP**2 * 1e-6, 1),
-            "hours_if_all_tissue": round(seconds_per_mm2 * median_mm2 / 3600, 1),
-            "cpu_hours_if_all_tissue": round(cpu_per_mm2 * median_mm2 / 3600, 1),
+            "area_mm2": round(median_mm2, 1),
+            "cpu_hours_if_all_tissue": round(best * median_mm2 / 3600, 1),
+            "options": args.options[-1],
         },
-        "runs": runs,
+        "small_runs": {options or "defaults": r for options, r in small.items()},
+        "typical_run": large,
+        "instanseg": peer,
     }
     (args.out / "wsi_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    small = runs["small"]
     lines = [
-        "# Whole-slide prediction: throughput and memory",
+        "# Whole-slide prediction: CPU-seconds per mm² of tissue, beside InstanSeg, and memory",
         "",
-        f"Made by `{result['command']}` on {result['machine']} (load average before {load_before[0]:.2f}, after "
-        f"{result['load_average_after'][0]:.2f}: other jobs shared the CPU). Slides: pyramidal TIFFs of white "
-        f"glass with {args.tiles} real CryoNuSeg tiles side by side, 3 rows high; the model is the shipped checkpoint on "
-        f"onnxruntime with {args.threads} threads; times exclude loading the model; CPU time counts all threads.",
+        f"Made by `{result['command']}` on {result['machine']}, {result['load']}. Slides: pyramidal TIFFs of white "
+        f"glass with {result['tissue']}; the shipped checkpoint with {args.threads} threads; times exclude loading "
+        "the model and the slide's tissue search; CPU time counts all threads, so it is what the work costs "
+        "whatever else shares the machine.",
         "",
-        "| slide | level-0 size | tissue mm² | nuclei | blocks run / all | model tiles run / blank | seconds | "
-        "CPU s | tissue search CPU s | peak RSS GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| predict options | CPU-s per mm² | vs defaults | mm² per hour on 2 cores | nuclei | blocks | windows run / "
+        "blank | wall s | peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in runs.items():
+    for options, r in small.items():
+        per_mm2 = r["cpu_seconds_per_mm2_tissue"]
         lines.append(
-            f"| {name} | {r['level0_size'][0]} x {r['level0_size'][1]} | {r['tissue_mm2']:.3f} | {r['nuclei']} | "
-            f"{r['blocks_with_tissue']} / {r['blocks']} | {r['tiles_run']} / {r['tiles_skipped_blank']} | "
-            f"{r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['tissue_search_cpu_seconds']:.1f} | "
-            f"{r['peak_rss_gib']} |"
+            f"| `{options or '(defaults)'}` | {per_mm2:.0f} | {per_mm2 / reference:.2f} | "
+            f"{3600 * 2 / per_mm2:.0f} | {r['nuclei']} | {r['blocks_with_tissue']} | {r['tiles_run']} / "
+            f"{r['tiles_skipped_blank']} | {r['seconds']:.1f} | {r['peak_rss_gib']} |"
+        )
+    if peer:
+        lines.append(
+            f"| InstanSeg `brightfield_nuclei` at 0.5 µm/px, same tissue | {peer['cpu_s_per_mm2']:.0f} | "
+            f"{peer['cpu_s_per_mm2'] / reference:.2f} | {3600 * 2 / peer['cpu_s_per_mm2']:.0f} | {peer['nuclei']} | "
+            f"| | {peer['wall_s']} | |"
         )
     lines += [
         "",
-        f"- Cost of the model's work (CPU time of `predict_slide` less its tissue search): {cpu_per_mm2:.0f} "
-        f"CPU-s per mm² of tissue, {tissue_mpx_per_cpu_s:.4f} megapixels of tissue (at {MODEL_MPP} µm/px) per "
-        f"CPU-second. On {args.threads} idle cores with threads scaling perfectly that is {cpu_per_mm2 / args.threads:.0f} "
-        f"s per mm² and {tissue_mpx_per_cpu_s * args.threads:.3f} MP/s (an upper bound, not measured here). "
-        f"Wall clock under the load above: {seconds_per_mm2:.0f} s per mm².",
-        f"- Per slide: the tissue search took {big['tissue_search_cpu_seconds']:.1f} CPU-s on the "
-        f"{typical[1]} x {typical[0]} px slide (the median size of the TCGA slides in the sheet, {median_mm2:.0f} mm² "
-        f"scanned). Such a slide takes {result['median_tcga_slide']['cpu_hours_if_all_tissue']} CPU-hours per "
-        "100 % of its area that is tissue; a section covering a fraction of the glass takes that fraction.",
-        f"- Memory: peak RSS {small['peak_rss_gib']} GiB on the 2048 px slide and {big['peak_rss_gib']} GiB on "
-        "the typical one: it follows the block size, not the slide size.",
+        "mm² per hour on 2 cores assumes both cores busy with this work (CPU-s per mm² / 2 per mm²); the wall "
+        "seconds are those of this run on the load above.",
+        f"- The median TCGA slide ({typical[1]} x {typical[0]} px, {median_mm2:.0f} mm² scanned) takes "
+        f"{result['median_tcga_slide']['cpu_hours_if_all_tissue']} CPU-hours per 100 % of its area that is tissue "
+        f"with `{args.options[-1] or '(defaults)'}`; a section covering a fraction of the glass takes that fraction. "
+        f"Its tissue search took {large['tissue_search_cpu_seconds']:.1f} CPU-s.",
+        f"- Memory: peak RSS {small[args.options[-1]]['peak_rss_gib']} GiB on the 3072 px slide and "
+        f"{large['peak_rss_gib']} GiB on the typical one (same options): it follows the block size, not the slide "
+        "size.",
         "",
         "![overview of the small slide](wsi_overview.png)",
         "",

@@ -159,3 +159,22 @@ def test_slide_blocks_in_threads_and_blended(tmp_path, checkpoint, release):
     for key in ("nuclei", "tiles_run", "tiles_skipped_blank"):
         assert runs["threads"][key] == runs["one"][key]
     assert runs["blend"]["tiles_run"] > 0 and runs["blend"]["nuclei"] >= 0
+
+
+def test_cli_predict_with_the_speed_options(tmp_path, checkpoint, release):
+    """The held-out tiles of a fold can be predicted on any path from the command line and read back."""
+    from PIL import Image
+
+    from cryonuseg_hf.cli import main
+    from cryonuseg_hf.model.images import read_image
+
+    folder = tmp_path / "held_out"
+    folder.mkdir()
+    for name in ("Human_Skin_01", "Human_Larynx_01"):
+        Image.fromarray(read_image(release.images[name])[:320, :384]).save(folder / f"{name}.png")
+    out = tmp_path / "out"
+    argv = ["predict", str(folder), "-o", str(out), "--model", str(checkpoint), "--threads", "2"]
+    argv += ["--backend", "onnx", "--head", "folded", "--blend", "--overlap", "64", "--tile-size", "192"]
+    assert main(argv) == 0
+    labels = sorted(out.glob("*_labels.tif"))
+    assert [p.name for p in labels] == ["Human_Larynx_01_labels.tif", "Human_Skin_01_labels.tif"]

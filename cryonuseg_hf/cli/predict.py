@@ -93,6 +93,13 @@ def add_parsers(sub) -> None:
     slides.add_argument("--roi", default=None, help="only this region: x,y,width,height in level-0 pixels")
     slides.add_argument("--labels", action="store_true", help="also write a pyramidal label TIFF")
     slides.add_argument(
+        "--block-size",
+        type=int_at_least(256),
+        default=2048,
+        help="side of the blocks a slide is read and labelled in, model pixels (memory grows with its square; "
+        "larger blocks cut the tissue less often, so fewer windows run)",
+    )
+    slides.add_argument(
         "--cluster",
         default=None,
         metavar="ADDRESS",
@@ -205,6 +212,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 overlap=args.overlap,
                 batch_size=args.batch_size,
                 block_threads=args.block_threads,
+                block_size=args.block_size,
             )
         except (OSError, ValueError) as error:
             failures[path] = str(error)
