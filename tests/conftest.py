@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+# The data the tests read: $CRYONUSEG_DATA and $CRYONUSEG_EXTERNAL, else the copies beside this checkout (as CI
+# has them); the package itself has no default location.
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+os.environ.setdefault("CRYONUSEG_DATA", str(_SHARED / "cryonuseg"))
+os.environ.setdefault("CRYONUSEG_EXTERNAL", str(_SHARED / "external"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -480,12 +480,16 @@ def test_download_fails_fast_offline(tmp_path, monkeypatch, no_network, capsys):
 
     start = time.perf_counter()
     assert main(["download"]) == 2
-    monkeypatch.setenv("CRYONUSEG_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("CRYONUSEG_DATA")  # no release named: build downloads one
     assert main(["build", "--out", str(tmp_path / "out")]) == 2
     assert time.perf_counter() - start < 30  # generous: the point is seconds, not minutes of retries
     err = capsys.readouterr().err
     assert err.count("cannot download CryoNuSeg from Kaggle") == 2 and "--source" in err
     assert not (tmp_path / "out").exists()
+    # the other commands have no default location: they say how to name a release
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --source" in err and "$CRYONUSEG_DATA" in err
 
 
 def test_push_stops_where_the_network_starts(built_dataset, tmp_path, monkeypatch, no_network, capsys):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from cryonuseg_hf import EXAMPLES_PATH, METRIC_PATH, MODEL_PATH
+from cryonuseg_hf.apps.hub import folder_kind, push_export, push_folder
 from cryonuseg_hf.apps.hub_export import (
     MANIFEST,
     METRIC_FOLDER,
@@ -26,7 +27,6 @@ from cryonuseg_hf.apps.hub_export import (
     check_card_matches_checkpoint,
     replaceable,
 )
-from cryonuseg_hf.apps.hub import folder_kind, push_export, push_folder
 from cryonuseg_hf.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

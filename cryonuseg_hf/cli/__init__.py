@@ -21,7 +21,8 @@ GROUPS = (predict, data, evaluate, train, hub)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cryonuseg-hf", description="CryoNuSeg on Hugging Face: dataset, metric, model, prediction and export"
+        prog="cryonuseg-hf",
+        description="CryoNuSeg on Hugging Face: dataset, metric, model, prediction and export",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -61,19 +61,22 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    import os
+
     from cryonuseg_hf.apps.hub import download_release
     from cryonuseg_hf.data.build import build
-    from cryonuseg_hf.data.release import MARKUPS
+    from cryonuseg_hf.data.release import DATA_ENV, MARKUPS
     from cryonuseg_hf.reports.dataset_card import dataset_card
 
-    release = source(args)
-    if args.source is None and not release.exists():
-        print(f"no local release at {release}; downloading it from Kaggle", file=sys.stderr)
+    if args.source is None and not os.environ.get(DATA_ENV):
+        print(f"no --source and no ${DATA_ENV}: downloading the release from Kaggle", file=sys.stderr)
         try:
             release = download_release()
         except ConnectionError as error:
             print(f"cryonuseg-hf build: error: {error}", file=sys.stderr)
             return 2
+    else:
+        release = source(args)
     timings: dict = {}
     out = build(release, args.out, card=dataset_card, overwrite=args.overwrite, timings=timings)
     print(f"built {', '.join(MARKUPS)} from {release} into {out} in {timings['total']:.1f} s")

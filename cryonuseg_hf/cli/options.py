@@ -29,7 +29,7 @@ def add_source(parser: argparse.ArgumentParser, download: bool = False) -> None:
         type=Path,
         default=None,
         help="raw CryoNuSeg release: a folder in the Kaggle layout or the Kaggle zip (default: $CRYONUSEG_DATA"
-        + ("; if it does not exist, the release is downloaded from Kaggle)" if download else ")"),
+        + ("; if neither is given, the release is downloaded from Kaggle)" if download else ")"),
     )
 
 

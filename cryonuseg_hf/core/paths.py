@@ -1,4 +1,5 @@
-"""Where the package's own files are, and where the shared data sits beside a checkout."""
+"""Where the package's own files are. Data a user brings is named by environment variables or options:
+``$CRYONUSEG_DATA`` (the raw release), ``$CRYONUSEG_EXTERNAL`` (pretraining data)."""
 
 from __future__ import annotations
 
@@ -13,5 +14,3 @@ EXAMPLES_PATH = PACKAGE_DIR / "examples"
 """A few CryoNuSeg tiles with their ROI sets, shipped for the demo and the docs (CC BY-NC-SA 4.0)."""
 SPACE_TEMPLATE = PACKAGE_DIR / "apps" / "space"
 """The Space's own files (``app.py``, ``requirements.txt``, ``README.md``)."""
-SHARED_DIR = PACKAGE_DIR.parents[1] / "shared"
-"""``../shared`` beside a checkout: the default home of the raw release and the external data."""

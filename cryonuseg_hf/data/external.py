@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from cryonuseg_hf.core.paths import SHARED_DIR
 from cryonuseg_hf.core.tiles import TILE_SIZE
 from cryonuseg_hf.data.targets import IGNORE_INDEX, instances_to_classes
 
@@ -36,10 +35,16 @@ PRETRAINING_FOLDERS = ("monuseg_train", "nuinsseg_human_spleen")
 
 
 def default_external() -> Path:
-    """The external collection named by ``$CRYONUSEG_EXTERNAL``, else the copy beside this repository's checkout."""
-    if EXTERNAL_ENV in os.environ:
+    """The external collection named by ``$CRYONUSEG_EXTERNAL``.
+
+    Raises:
+        FileNotFoundError: the variable is not set.
+    """
+    if os.environ.get(EXTERNAL_ENV):
         return Path(os.environ[EXTERNAL_ENV])
-    return SHARED_DIR / "datasets" / "external"
+    raise FileNotFoundError(
+        f"no external pretraining data given: set ${EXTERNAL_ENV} to the folder that holds monuseg_train/ etc."
+    )
 
 
 def window_starts(length: int, window: int = WINDOW) -> list[int]:

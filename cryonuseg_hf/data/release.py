@@ -25,7 +25,6 @@ from pathlib import Path
 
 from cryonuseg_hf.core.files import staged_folder
 from cryonuseg_hf.core.folds import TILE_IDS
-from cryonuseg_hf.core.paths import SHARED_DIR
 
 DATA_ENV = "CRYONUSEG_DATA"
 """Environment variable naming a raw release folder or zip; tests and benchmarks read it."""
@@ -98,10 +97,17 @@ class Release:
 
 
 def default_source() -> Path:
-    """The release named by ``$CRYONUSEG_DATA``, else the copy beside this repository's checkout."""
-    if DATA_ENV in os.environ:
+    """The release named by ``$CRYONUSEG_DATA``.
+
+    Raises:
+        FileNotFoundError: the variable is not set; the message says how to name a release or fetch one.
+    """
+    if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    return SHARED_DIR / "datasets" / "cryonuseg"
+    raise FileNotFoundError(
+        f"no CryoNuSeg release given: pass --source FOLDER_OR_ZIP or set ${DATA_ENV}; "
+        "`cryonuseg-hf download` fetches the release from Kaggle"
+    )
 
 
 def _canonical(name: str) -> str:
