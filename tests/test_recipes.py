@@ -82,3 +82,14 @@ def test_every_recipe_field_has_an_option():
     options = {a.dest for a in train._actions}
     missing = {f.name for f in fields(TrainConfig)} - options - {"class_weights"}
     assert not missing, missing
+
+
+def test_the_model_card_shows_the_recipe_file():
+    from cryonuseg_hf.reports.model_card import _recipe_section
+    from cryonuseg_hf.training.config import shipped_recipe_of
+
+    trained = json.loads((MODEL_PATH / "config.json").read_text())["cryonuseg_train_config"]
+    assert shipped_recipe_of(trained) == SHIPPED
+    assert shipped_recipe_of({**trained, "steps": 301}) is None
+    section = _recipe_section(trained)
+    assert f"recipes/{SHIPPED}.yaml" in section and "contact_weight: 5.0" in section

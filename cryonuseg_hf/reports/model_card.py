@@ -18,13 +18,22 @@ from typing import Any
 from cryonuseg_hf.core.folds import ORGANS
 from cryonuseg_hf.core.markdown import table
 from cryonuseg_hf.evaluation.agreement import observer_comparisons
-from cryonuseg_hf.training.config import ground_truth
+from cryonuseg_hf.training.config import RECIPES, ground_truth, shipped_recipe_of
 
 LICENSE = "cc-by-nc-sa-4.0"
 DATASET_ID = "cryonuseg"
 WIDGET_TILES = ("Human_Larynx_01", "Human_Skin_01")
 """Shipped in ``cryonuseg_hf/examples``; upload them beside the model as ``examples/<tile>.png``."""
 CARD_METRICS = {"aji": "AJI", "pq": "PQ", "dice": "Dice"}
+DATASET_CREDITS = {
+    "monuseg_train": "MoNuSeg 2018 training set (Kumar et al., IEEE TMI 2017 and 2020; TCGA, 7 organs, FFPE; "
+    "CC BY-NC-SA 4.0)",
+    "nuinsseg_human_spleen": "the human spleen tiles of NuInsSeg (Mahbod et al., Scientific Data 11:295, 2024; "
+    "FFPE; CC BY 4.0; its ambiguous areas are left out of the loss)",
+    "nuinsseg_more_organs": "NuInsSeg's tiles of 21 more human and mouse organs (Mahbod et al., Scientific Data "
+    "11:295, 2024; FFPE; CC BY 4.0)",
+}
+"""How the card credits each pretraining folder (by its name)."""
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -160,6 +169,42 @@ def _training_data(pretrain: dict[str, Any], config: dict[str, Any]) -> str:
     return _md_table(["checkpoint", "data it saw", "license of that data"], rows)  # fmt: skip
 
 
+def _pretraining_credits(stages: list[dict[str, Any]]) -> str:
+    """Who made each dataset the start point saw, with its license, and the resize each stage applied."""
+    folders = dict.fromkeys(Path(s["folder"]).name for stage in stages for s in stage.get("sources", []))
+    if not folders:
+        return "No pretraining data."
+    resized = [
+        f"{Path(s['folder']).name} x{s['resize']}"
+        for stage in stages
+        for s in stage.get("sources", [])
+        if s.get("resize", 1) != 1
+    ]
+    text = "Pretraining data: " + "; ".join(DATASET_CREDITS.get(f, f) for f in folders) + ". "
+    if resized:
+        text += (
+            "Folders resized before training so that their median nucleus area matches CryoNuSeg's: "
+            + ", ".join(resized)
+            + ". "
+        )
+    return text + (
+        "None of their organs is a CryoNuSeg organ and none of their images is a CryoNuSeg tile, so one start "
+        "point serves all ten folds without breaking the fold protocol."
+    )
+
+
+def _recipe_section(config: dict[str, Any]) -> str:
+    """The fine-tuning recipe as its shipped file says it, or the saved config where no shipped recipe makes it."""
+    name = shipped_recipe_of(config)
+    if name is None:
+        return f"Fine-tuning (CV and shipped model): `{json.dumps(config, sort_keys=True)}`"
+    text = (RECIPES / f"{name}.yaml").read_text(encoding="utf-8").strip()
+    return (
+        f"Fine-tuning (CV and shipped model): the recipe `{name}` (`cryonuseg_hf/training/recipes/{name}.yaml`; "
+        f"every other field keeps `TrainConfig`'s default):\n\n```yaml\n{text}\n```"
+    )
+
+
 def _resolution_note(config: dict[str, Any], ceiling: dict[str, Any]) -> str:
     """The limitation the output resolution sets, with the ceiling of ``benchmarks/bench_resolution_ceiling.py``."""
     scale, width = config["input_scale"], config["boundary_width"]
@@ -178,7 +223,7 @@ def _resolution_note(config: dict[str, Any], ceiling: dict[str, Any]) -> str:
         note += (
             f" A perfect model at a quarter of the tile's resolution could score at most AJI {best[4]['aji']:.2f} / "
             f"PQ {best[4]['pq']:.2f} with this ring, at half resolution {best[2]['aji']:.2f} / {best[2]['pq']:.2f} "
-            "(`results/experiments/resolution_ceiling.md`)."
+            "(`experiments/results/resolution_ceiling.md`)."
         )
     return note
 
@@ -258,7 +303,7 @@ def card_body(
         origin = (
             f"Pretrained here on other public 40x H&E nuclei data ({pretrain['windows']} windows of "
             f"512 px; none of it from CryoNuSeg), then fine-tuned on CryoNuSeg (10 organs x 3 tiles), ground "
-            f"truth {ground_truth(config)}. No ImageNet or other outside weights: none could be downloaded where it was made."
+            f"truth {ground_truth(config)}. No ImageNet or other outside weights."
         )
         described = [
             f"{stage['steps']} steps of {stage['config']['batch_size']} crops of {stage['config']['crop']} px at "
@@ -280,7 +325,11 @@ def card_body(
     reproduce = "\n".join(
         [
             *(stage.get("run_by") or stage["command"] for stage in stages),
-            *dict.fromkeys([cv_command, final_command]),
+            *(
+                [f"cryonuseg-hf train --cv --final --recipe {shipped_recipe_of(config)}"]
+                if shipped_recipe_of(config)
+                else dict.fromkeys([cv_command, final_command])
+            ),
         ]
     )
     peer_note = ""
@@ -309,10 +358,7 @@ training tiles. The ten CV models took {fold_seconds / 60:.0f} min of fine-tunin
 
 {_training_data(pretrain, final_config)}
 
-Pretraining data: MoNuSeg 2018 training set (Kumar et al., IEEE TMI 2017 and 2020; TCGA, 7 organs, FFPE;
-CC BY-NC-SA 4.0) and the human spleen tiles of NuInsSeg (Mahbod et al., Scientific Data 11:295, 2024; FFPE;
-CC BY 4.0; its ambiguous areas are left out of the loss). None of their organs is a CryoNuSeg organ and none of
-their images is a CryoNuSeg tile, so one start point serves all ten folds without breaking the fold protocol.
+{_pretraining_credits(stages)}
 
 ## Results: leave-one-organ-out cross-validation
 
@@ -389,7 +435,7 @@ before the encoder) and `cryonuseg_postprocess` (the thresholds tuned on trainin
 
 ## Training recipe
 
-Fine-tuning (CV and shipped model): `{json.dumps(config, sort_keys=True)}`
+{_recipe_section(config)}
 
 {chr(10).join(f"Pretraining stage {i + 1}: `{json.dumps(stage['config'], sort_keys=True)}`" + chr(10) for i, stage in enumerate(stages))}
 
@@ -417,7 +463,7 @@ def write_model_card(
     stages = pretraining_stages(final.get("config", metrics["config"]), results.resolve().parent)
     pretrain = stages[-1] if stages else {}
     peers = _read_optional(results / "peers.json")
-    ceiling = _read_optional(results / "experiments" / "resolution_ceiling.json")
+    ceiling = _read_optional(results.resolve().parent / "experiments" / "results" / "resolution_ceiling.json")
     data = card_data(metrics, final, repo_id)
     card = ModelCard(
         f"---\n{data.to_yaml()}\n---\n{card_body(metrics, final, pretrain, peers, ceiling, stages)}"

@@ -209,3 +209,11 @@ def make_config(recipe_fields: dict[str, Any], overrides: dict[str, Any]) -> Tra
         if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
             values[name] = float(values[name])  # YAML reads 5 as an int; the record keeps floats
     return validate_config(TrainConfig(**values))
+
+
+def shipped_recipe_of(config: dict[str, Any]) -> str | None:
+    """The name of the shipped recipe that makes the model a saved ``TrainConfig`` dict describes, if one does."""
+    for name in recipe_names():
+        if recipe(asdict(make_config(load_recipe(name), {}))) == recipe(config):
+            return name
+    return None
