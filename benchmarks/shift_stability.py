@@ -7,9 +7,9 @@ test-time augmentation, unless ``--tta``; torch backend) alone and shifted by a 
 ``s`` pixels at the top and left), and PQ compares the two on the pixels they share. A perfectly
 shift-equivariant model scores 1.
 
-    .venv/bin/python benchmarks/shift_stability.py --runs results/cv results/experiments/NAME --folds 0 1 4
+    .venv/bin/python benchmarks/shift_stability.py --runs results/cv experiments/results/NAME --folds 0 1 4
 
-Writes ``results/experiments/shift_stability.json`` and ``.md`` (``--out`` for another path).
+Writes ``experiments/results/shift_stability.json`` and ``.md`` (``--out`` for another path).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "results" / "experiments" / "shift_stability"
+DEFAULT_OUT = REPO / "experiments" / "results" / "shift_stability"
 
 
 def stability(labeller, folds: list[int], shifts: list[int], tiles: dict) -> dict:
