@@ -9,7 +9,7 @@ class changes), scored against Annotator 1 round 2 (PQ, AJI) and timed (median C
 threads). OpenVINO bfloat16 on the folded export runs beside for comparison. The shipped checkpoint saw every tile
 in training: the numbers compare settings with each other.
 
-    .venv/bin/python benchmarks/bench_int8.py --threads 2    # writes results/experiments/int8.json and .md
+    .venv/bin/python experiments/int8.py --threads 2    # writes experiments/results/int8.json and .md
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def evaluate(run, images, truths, reference, params) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "experiments" / "int8")
+    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "int8")
     args = parser.parse_args()
 
     from cryonuseg_hf.core.machine import load_words, machine_description
@@ -143,7 +143,7 @@ def main() -> None:
                 runner = openvino_runner(MODEL_PATH, threads=args.threads, head=head, precision="bf16")
                 rows["folded bf16 (OpenVINO)"], _ = evaluate(runner, images, truths, reference, params)
     record = {
-        "command": f"python benchmarks/bench_int8.py --threads {args.threads}",
+        "command": f"python experiments/int8.py --threads {args.threads}",
         "machine": machine_description(),
         "load": load_words(load_before, os.getloadavg()[0]),
         "calibration_tiles": list(tiles["tile_ids"][CALIBRATION]),
