@@ -205,7 +205,10 @@ def test_onnx_mismatch_fails_loudly(checkpoint, exported, tmp_path):
     module, _ = load_torch_module(checkpoint)
     with torch.no_grad():
         module.model.decode_head.classifier.bias[1] += 0.01  # a small change of one class's logit
-    report = compare_with_torch(module, ort.InferenceSession(str(path)), [tile])
+    session = ort.InferenceSession(str(path))
+    report = compare_with_torch(
+        module, lambda b: tuple(session.run(["probabilities", "logits"], {"images": b})), [tile]
+    )
     assert report["max_abs_logit_diff"] == pytest.approx(0.01, abs=1e-3)
     with pytest.raises(OnnxMismatchError, match="differs from torch"):
         export_onnx(checkpoint, tmp_path / "b.onnx", images=[tile], tolerance=-1.0)
@@ -219,7 +222,7 @@ def test_onnx_cache_is_keyed_by_checkpoint_hash(checkpoint, tmp_path, monkeypatc
 
     exports = []
 
-    def fake_export(model_path, out_path):  # the export itself is tested above; here only the cache
+    def fake_export(model_path, out_path, head="stock"):  # the export itself is tested above; here the cache
         exports.append(model_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_bytes(b"onnx")
