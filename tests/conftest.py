@@ -1,8 +1,9 @@
 """Shared fixtures. Tests never touch the network and write only under tmp_path.
 
-Tests that read the raw CryoNuSeg release, the external pretraining data or the slide samples, and the browser
-test of the app, are marked ``slow`` here (by the fixtures they use, or by their own mark): ``pytest -m "not
-slow"`` runs the rest in about a minute while developing; CI and the README's test command run everything.
+Tests that read the raw CryoNuSeg release, the external pretraining data or the slide samples, the browser test of
+the app, and the tests that start a real Dask cluster or several training processes, are marked ``slow`` here (by
+the fixtures they use or their module): ``pytest -m "not slow"`` runs the rest in about a minute while developing;
+CI and the README's test command run everything.
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ SLOW_FIXTURES = {"release_path", "external", "wsi_samples", "browser"}
 """Fixtures that read a real dataset: every test that uses one, directly or through another fixture, is slow."""
 
 
+SLOW_MODULES = {"test_cohort.py", "test_distributed_training.py"}
+"""Modules whose tests start a real Dask cluster or several training processes."""
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
 
 
