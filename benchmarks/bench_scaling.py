@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_scaling.py [--slides 8] [--steps 30]   # writes results/scaling.json/.md
 
+The CryoNuSeg release comes from $CRYONUSEG_DATA (or --source), the pretraining data from $CRYONUSEG_EXTERNAL.
+
 - Cohort: ``--slides`` pyramidal TIFFs, each white glass with two real CryoNuSeg tiles side by side (different
   tiles for each slide), predicted by ``cryonuseg-hf predict <folder>`` with the shipped checkpoint on
   onnxruntime, on a local Dask cluster of 1 worker with 1 model thread, 1 worker with all the cores' threads
@@ -180,9 +182,10 @@ def markdown(result: dict) -> str:
     lines = [
         "# Scaling: a cohort of slides on Dask workers, training on processes",
         "",
-        f"Made by `{result['command']}` on {result['machine']}; {result['load']}. "
-        "The 1-minute load average before and after each run is in its row: other jobs shared the CPU, so the "
-        "ratios, measured back to back, count more than the absolute numbers.",
+        f"Made by `{result['command']}` on {result['machine']}; 1-minute load average {result['load_at_start']} "
+        f"when the first run started. Each row gives the load before the run (taken {SETTLE_SECONDS} s after the "
+        "run before it, whose tail it still counts) and after it. The ratios, measured back to back, count more "
+        "than the absolute numbers.",
         "",
         f"## Cohort: {cohort[0]['slides']} slides, `cryonuseg-hf predict <folder>`",
         "",
@@ -230,7 +233,7 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
-    from cryonuseg_hf.core.machine import load_words, machine_description
+    from cryonuseg_hf.core.machine import machine_description
     from cryonuseg_hf.data.external import default_external
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -250,8 +253,7 @@ def main() -> int:
         "command": shlex.join(["python", "benchmarks/bench_scaling.py", *sys.argv[1:]]),
         "machine": machine_description(),
         "cores": cores,
-        # the busiest moment any run started at: one quiet start says little about the runs after it
-        "load": load_words(max(r["load_before"] for r in cohort + train), load()),
+        "load_at_start": cohort[0]["load_before"],
         "tiles": tiles,
         "cohort": cohort,
         "training": train,
