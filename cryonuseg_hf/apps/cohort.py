@@ -39,8 +39,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cryonuseg_hf.core.files import ensure_writable_folder
 from cryonuseg_hf.model.images import IMAGE_SUFFIXES, find_images
-from cryonuseg_hf.model.predict import ensure_writable_folder, load_predictor
+from cryonuseg_hf.model.predict import load_predictor
 from cryonuseg_hf.model.slides.outputs import slide_output_paths
 from cryonuseg_hf.model.slides.predict import predict_slide
 from cryonuseg_hf.model.slides.reader import is_slide

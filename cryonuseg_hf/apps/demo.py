@@ -52,10 +52,12 @@ def run_demo(
     """
     import tifffile
 
+    from cryonuseg_hf.core.files import ensure_writable_folder
     from cryonuseg_hf.data.masks import instance_masks
     from cryonuseg_hf.data.rois import read_roi_set
     from cryonuseg_hf.evaluation.metrics import score_tile
-    from cryonuseg_hf.model.predict import ensure_writable_folder, load_predictor, predict_files
+    from cryonuseg_hf.model.image_files import predict_files
+    from cryonuseg_hf.model.predict import load_predictor
 
     out_dir = ensure_writable_folder(out_dir)
     scores_path = out_dir / "scores.json"

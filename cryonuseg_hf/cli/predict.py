@@ -152,7 +152,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from cryonuseg_hf.apps.cohort import find_slides
-    from cryonuseg_hf.model.predict import ensure_writable_folder, load_predictor, predict_files
+    from cryonuseg_hf.core.files import ensure_writable_folder
+    from cryonuseg_hf.model.image_files import predict_files
+    from cryonuseg_hf.model.predict import load_predictor
     from cryonuseg_hf.model.slides.predict import predict_slide
     from cryonuseg_hf.model.slides.roi import parse_roi
 

@@ -7,6 +7,8 @@ leaves the old files (or nothing) where they were, never a half-written file or 
 - :func:`staged_files`: several files that belong together (the outputs of one image or one slide, one training
   state): all of them or none.
 - :func:`staged_folder`: a whole folder (a dataset build, an extracted release, a Hub export).
+
+:func:`ensure_writable_folder` checks an output folder before any work is done.
 """
 
 from __future__ import annotations
@@ -127,3 +129,21 @@ def staged_folder(target: Path, mode: int = 0o755) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_writable_folder(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that files can be written there, before any work is done."""
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: output path exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"{path}: cannot write to the output folder ({error.strerror or error})"
+        ) from None
+    return path

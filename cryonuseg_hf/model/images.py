@@ -305,7 +305,7 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
     Files are kept whatever their suffix (reading them says what is wrong); missing paths are kept too, so
     that the caller reports them among the results. In a folder, the label TIFF and overlay PNG that
-    :func:`predict_files` wrote for another image of that folder are skipped: predictions are never read as
+    :func:`~cryonuseg_hf.model.image_files.predict_files` wrote for another image of that folder are skipped: predictions are never read as
     new images (``-o`` may be the input folder).
     """
     from cryonuseg_hf.model.export import output_paths

@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from cryonuseg_hf.core.files import staged_files
+from cryonuseg_hf.core.files import ensure_writable_folder, staged_files
 from cryonuseg_hf.model.images import MAX_PIXELS
 from cryonuseg_hf.model.postprocess import probabilities_to_instances
 from cryonuseg_hf.model.predict import (
     BLEND_OVERLAP,
     Predictor,
     block_labeller,
-    ensure_writable_folder,
     grid_step,
     load_predictor,
 )
