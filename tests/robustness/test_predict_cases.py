@@ -257,9 +257,7 @@ def test_truncated_png(tile, tmp_path):
     good.write_bytes(png_bytes(tile))
     bad.write_bytes(png_bytes(tile)[:5000])
     result = _predict(tmp_path / "in", "-o", tmp_path / "out")
-    assert_user_error(
-        result, f"failed: {bad}: unreadable PNG (OSError: image file is truncated", code=1
-    )
+    assert_user_error(result, f"failed: {bad}: unreadable PNG (OSError: image file is truncated", code=1)
     assert (tmp_path / "out" / "good_nuclei.csv").is_file() and not (
         tmp_path / "out" / "bad_nuclei.csv"
     ).exists()
