@@ -17,7 +17,6 @@ from cryonuseg_hf.data.external import (
     load_pretraining_tiles,
     median_nucleus_area,
     read_folder,
-    size_matching_factors,
     window_starts,
 )
 from cryonuseg_hf.data.targets import IGNORE_INDEX
@@ -77,9 +76,13 @@ def test_resize_matches_nucleus_sizes_and_keeps_labels_whole(small_external):
     records = [read_folder(folder) for folder in small_external]
     areas = [median_nucleus_area(r["labels"] for r in recs) for recs in records]
     assert areas[1] > 1.5 * areas[0]  # NuInsSeg's pixels are finer than MoNuSeg's
-    factors = size_matching_factors(small_external, target_area=228.0)
+    data = load_pretraining_tiles(small_external, boundary_width=2, match_area=228.0, instances=True)
+    factors = [s["resize"] for s in data["sources"]]
     assert factors[1] < factors[0] < 1
-    data = load_pretraining_tiles(small_external, boundary_width=2, resize=factors, instances=True)
+    assert (
+        load_pretraining_tiles(small_external[:1], resize=factors[:1])["sources"][0]["median_nucleus_px"]
+        == (data["sources"][0]["median_nucleus_px"])
+    )  # a measured factor given back by hand resizes the same
     window = data["images"].shape[1]
     assert window % 32 == 0 and window <= round(512 * factors[1])  # the smallest resized tile still fits
     for source, factor in zip(data["sources"], factors, strict=True):

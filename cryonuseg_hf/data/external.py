@@ -150,14 +150,6 @@ def size_matching_factor(area: float, target_area: float) -> float:
     return round(math.sqrt(target_area / area), 3)
 
 
-def size_matching_factors(folders: Iterable[str | Path], target_area: float) -> list[float]:
-    """One :func:`size_matching_factor` per folder: its median nucleus area brought to ``target_area``."""
-    return [
-        size_matching_factor(median_nucleus_area(r["labels"] for r in read_folder(folder)), target_area)
-        for folder in folders
-    ]
-
-
 def _resized(record: dict[str, Any], factor: float) -> dict[str, Any]:
     """A record of :func:`read_folder` resized by ``factor``: the image with antialiasing, labels and ignore
     mask by nearest neighbour (so no label is invented)."""
@@ -182,6 +174,7 @@ def load_pretraining_tiles(
     boundary_width: int = 1,
     instances: bool = False,
     resize: Sequence[float] | None = None,
+    match_area: float | None = None,
 ) -> dict[str, Any]:
     """Square windows of every image in ``folders`` with their class maps, ready for the training loop.
 
@@ -193,6 +186,8 @@ def load_pretraining_tiles(
         resize: one linear factor per folder, applied to its images before they are cut (None: all 1). With
             every factor 1 the windows are 512x512 and stack with CryoNuSeg tiles; otherwise the window is the
             largest multiple of 32 (at most 512) that fits the smallest resized image.
+        match_area: instead of ``resize``, measure each folder's factor from the images read here: its median
+            nucleus area brought to this one (:func:`size_matching_factor`).
 
     Returns:
         ``{"names": [...], "images": (N, S, S, 3) uint8, "classes": (N, S, S) uint8,
@@ -209,14 +204,19 @@ def load_pretraining_tiles(
     folders = list(folders)
     if not folders:
         raise ValueError("no pretraining folders given")
+    read = [read_folder(folder) for folder in folders]
+    if match_area is not None:
+        resize = [
+            size_matching_factor(median_nucleus_area(r["labels"] for r in recs), match_area) for recs in read
+        ]
     factors = [1.0] * len(folders) if resize is None else [float(f) for f in resize]
     if len(factors) != len(folders) or not all(math.isfinite(f) and f > 0 for f in factors):
         raise ValueError(
             f"expected one resize factor > 0 per folder ({len(folders)}), got {list(resize or [])}"
         )
     folder_records = [
-        [_resized(record, factor) for record in read_folder(folder)]
-        for folder, factor in zip(folders, factors, strict=True)
+        [_resized(record, factor) for record in records]
+        for records, factor in zip(read, factors, strict=True)
     ]
     smallest = min(min(r["labels"].shape) for records in folder_records for r in records)
     window = WINDOW if all(f == 1 for f in factors) else min(WINDOW, smallest // 32 * 32)

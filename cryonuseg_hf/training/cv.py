@@ -276,11 +276,7 @@ def pretrain(
     import torch
     import transformers
 
-    from cryonuseg_hf.data.external import (
-        load_pretraining_tiles,
-        median_nucleus_area,
-        size_matching_factors,
-    )
+    from cryonuseg_hf.data.external import load_pretraining_tiles, median_nucleus_area
     from cryonuseg_hf.model.segformer import save_checkpoint
 
     if config.contact_weight:
@@ -296,10 +292,14 @@ def pretrain(
     target = None
     if resize == "auto":
         masks = load_tiles(cryonuseg)["masks"]
-        target = median_nucleus_area(m for stack in masks.values() for m in stack)
-        resize = size_matching_factors(folders, target)
-        logger.info("resize factors matching CryoNuSeg's median nucleus (%.0f px): %s", target, resize)
-    data = load_pretraining_tiles(folders, config.boundary_width, resize=resize)
+        target, resize = median_nucleus_area(m for stack in masks.values() for m in stack), None
+    data = load_pretraining_tiles(folders, config.boundary_width, resize=resize, match_area=target)
+    if target is not None:
+        logger.info(
+            "resize factors matching CryoNuSeg's median nucleus (%.0f px): %s",
+            target,
+            [s["resize"] for s in data["sources"]],
+        )
     indices = list(range(len(data["names"])))
     model, record = fit_segformer(
         config, data["images"], data["classes"], indices, stream=100, state_path=state, name="pretrain"
