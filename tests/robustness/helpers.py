@@ -113,3 +113,40 @@ def copy_checkpoint(target: Path) -> Path:
 
     shutil.copytree(MODEL_PATH, target)
     return target
+
+
+@dataclass
+class Cost:
+    """What a bounded block used: wall-clock seconds and the peak of Python and numpy allocations in MB."""
+
+    seconds: float = 0.0
+    peak_mb: float = 0.0
+
+
+@contextlib.contextmanager
+def bounded(seconds: float, megabytes: float):
+    """Assert that the block ends within ``seconds`` and its allocations peak below ``megabytes``.
+
+    The peak is ``tracemalloc``'s, which sees Python objects and numpy arrays (numpy reports its buffers to it);
+    memory that torch or a C library allocates on its own is not counted. The bounds are generous on purpose:
+    they tell "refused or done at once" from "worked for minutes / asked for gigabytes", not one speed from another.
+    Yields a :class:`Cost` filled in when the block ends (also when it raises).
+    """
+    import tracemalloc
+
+    cost = Cost()
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    start = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        cost.seconds = time.perf_counter() - start
+        cost.peak_mb = (tracemalloc.get_traced_memory()[1] - base) / 2**20
+        if not tracing:
+            tracemalloc.stop()
+    assert cost.seconds < seconds, f"took {cost.seconds:.1f} s, bound {seconds} s"
+    assert cost.peak_mb < megabytes, f"allocated {cost.peak_mb:.0f} MB at the peak, bound {megabytes} MB"
