@@ -255,3 +255,25 @@ def test_split_depth_separates_nuclei_whose_interiors_merged():
     assert best.split_depth == 2.0 and [r["split_depth"] for r in records] == [0.0, 2.0, 9.0]
     with pytest.raises(ValueError, match="split_depth"):
         PostprocessParams(split_depth=-1.0)
+
+
+def test_centre_class_seeds_one_nucleus_per_centre():
+    """With a fourth (centre) channel, the centres seed: touching nuclei whose interiors the model drew as one blob
+    (no boundary between them) still come back as two."""
+    from cryonuseg_hf.data.targets import BOUNDARY, CENTRE, INTERIOR
+
+    labels = _disks()
+    exact = probabilities_to_instances(
+        classes_to_probabilities(instances_to_classes(labels, centre_fraction=0.5), 4), EXACT
+    )
+    assert _match(labels, exact)[1:3] == (0, 0)
+    touching = np.zeros((30, 40), dtype=np.int32)
+    touching[5:20, 5:20], touching[5:20, 20:33] = 1, 2
+    merged = instances_to_classes(touching, centre_fraction=0.5)
+    merged[(merged == BOUNDARY) & (np.abs(np.arange(40) - 19.5) < 1)[None, :] & (touching > 0)] = INTERIOR
+    three = np.where(merged == CENTRE, INTERIOR, merged)  # the same map without the centre class
+    one = probabilities_to_instances(classes_to_probabilities(three), EXACT)
+    assert one[12, 10] == one[12, 28]  # three classes: the two nuclei merge
+    two = probabilities_to_instances(classes_to_probabilities(merged, 4), EXACT)
+    assert two[12, 10] != two[12, 28] and two[12, 10] and two[12, 28]
+    assert _match(touching, two)[1:3] == (0, 0)

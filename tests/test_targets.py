@@ -91,3 +91,27 @@ def test_contact_zones_lie_between_nuclei_only():
     assert not contact_zones(labels == 1, radius=3).any()  # a single nucleus has no contact
     with pytest.raises(ValueError, match="radius"):
         contact_zones(labels, radius=0)
+
+
+def test_centre_class_marks_the_middle_of_each_nucleus():
+    from cryonuseg_hf.data.targets import CENTRE, class_names, nucleus_centres
+
+    labels = np.zeros((20, 40), dtype=np.uint16)
+    labels[2:17, 2:17] = 1  # a 15x15 square
+    labels[2:17, 17:24] = 2  # a 7 px wide one touching it
+    labels[18, 30] = 3  # one pixel: all outline, no centre
+    centres = nucleus_centres(labels, 0.5)
+    assert centres[9, 9] and not centres[3, 3]  # the middle, not the rim
+    assert set(np.unique(labels[centres])) == {1, 2}  # every nucleus with an inside has a centre ...
+    assert not centres[18, 30]  # ... a one-pixel nucleus has none
+    # a larger fraction keeps a smaller centre inside the larger one's
+    assert (nucleus_centres(labels, 0.8) <= centres).all() and nucleus_centres(
+        labels, 0.8
+    ).sum() < centres.sum()
+    classes = instances_to_classes(labels, boundary_width=2, centre_fraction=0.5)
+    np.testing.assert_array_equal(classes > 0, labels > 0)
+    assert ((classes == CENTRE) == (centres & (instances_to_classes(labels, 2) == INTERIOR))).all()
+    np.testing.assert_array_equal(instances_to_classes(labels, 2, 0.0), instances_to_classes(labels, 2))
+    assert class_names(0.5)[CENTRE] == "nucleus_centre" and len(class_names(0.0)) == 3
+    with pytest.raises(ValueError, match="centre fraction"):
+        nucleus_centres(labels, 0.0)

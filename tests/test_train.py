@@ -429,3 +429,26 @@ def test_a_record_made_before_a_field_existed_has_that_fields_default():
     assert recipe(old) != recipe(asdict(TrainConfig(contact_weight=5.0, all_markups=True)))
     assert recipe({**config, "threads": 8}) == recipe(config)  # how a run goes, not what it makes
     assert recipe({}) == {} != recipe(config)
+
+
+def test_centre_class_starts_from_a_three_class_start_point_and_trains(tmp_path, tiles):
+    """--centre-fraction: a fourth class whose classifier row starts as the interior's, so the model starts from
+    the start point's outputs; the class weights must then have four values."""
+    from cryonuseg_hf.data.targets import CENTRE_CLASS_NAMES
+    from cryonuseg_hf.model.segformer import build_model, save_checkpoint
+    from cryonuseg_hf.training.config import make_config
+
+    start = save_checkpoint(build_model("tiny", input_scale=1.0, seed=4), tmp_path / "start", fp16=False)
+    model = build_model(init=start, input_scale=1.0, class_names=CENTRE_CLASS_NAMES).eval()
+    assert model.config.id2label[3] == "nucleus_centre" and model.config.num_labels == 4
+    with torch.inference_mode():
+        logits = model(pixel_values=torch.rand(1, 3, 64, 64)).logits
+    assert torch.equal(logits[:, 3], logits[:, 1])
+    three = build_model(init=start, input_scale=1.0).eval()
+    with torch.inference_mode():
+        assert three(pixel_values=torch.rand(1, 3, 64, 64)).logits.shape[1] == 3
+    with pytest.raises(ValueError, match=r"class_weights \[1.0, 1.0, 2.0\]: expected 4 numbers"):
+        make_config({"centre_fraction": 0.5}, {})
+    config = make_config({**TINY, "steps": 3, "centre_fraction": 0.5, "class_weights": [1, 1, 2, 1]}, {})
+    trained, record = train_model(config, tiles, fold=0, progress=False)
+    assert trained.config.num_labels == 4 and record["steps"] == 3

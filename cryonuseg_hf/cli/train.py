@@ -14,7 +14,7 @@ from cryonuseg_hf.cli.options import int_at_least
 
 FLOAT_FIELDS = (
     "input_scale", "lr", "weight_decay", "dice_weight", "contact_weight", "scale_jitter", "ema_decay", "mix_share",
-    "max_seconds", "save_every",
+    "max_seconds", "save_every", "centre_fraction",
 )  # fmt: skip
 INT_FIELDS = (
     "first_stride", "boundary_width", "contact_radius", "steps", "batch_size", "crop", "warmup", "tune_tiles",
@@ -118,6 +118,7 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
         option(name, type=float)
     for name in INT_FIELDS:
         option(name, type=int_at_least(INT_MINIMUMS[name]) if name in INT_MINIMUMS else int)
+    option("class_weights", type=float, nargs="+", metavar="W")
     option("bf16", action="store_true")
     option("all_markups", action="store_true")
     group.add_argument(

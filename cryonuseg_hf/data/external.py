@@ -175,6 +175,7 @@ def load_pretraining_tiles(
     instances: bool = False,
     resize: Sequence[float] | None = None,
     match_area: float | None = None,
+    centre_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Square windows of every image in ``folders`` with their class maps, ready for the training loop.
 
@@ -188,6 +189,7 @@ def load_pretraining_tiles(
             largest multiple of 32 (at most 512) that fits the smallest resized image.
         match_area: instead of ``resize``, measure each folder's factor from the images read here: its median
             nucleus area brought to this one (:func:`size_matching_factor`).
+        centre_fraction: > 0 draws the centre class too (:func:`~cryonuseg_hf.data.targets.instances_to_classes`).
 
     Returns:
         ``{"names": [...], "images": (N, S, S, 3) uint8, "classes": (N, S, S) uint8,
@@ -229,7 +231,7 @@ def load_pretraining_tiles(
                     f"{record['name']}: {record['labels'].shape} (resized by {factor}) is smaller than "
                     f"{window}x{window}"
                 )
-            full = instances_to_classes(record["labels"], boundary_width)
+            full = instances_to_classes(record["labels"], boundary_width, centre_fraction)
             if record["ignore"] is not None:
                 full[record["ignore"]] = IGNORE_INDEX
             h, w = full.shape

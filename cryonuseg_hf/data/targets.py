@@ -9,7 +9,10 @@ Classes (the ``id2label`` of the checkpoint):
 - 0 ``background``;
 - 1 ``nucleus_interior``: nucleus pixels farther than ``boundary_width`` pixels from any other label;
 - 2 ``nucleus_boundary``: nucleus pixels within ``boundary_width`` pixels (4-neighbour steps) of another label
-  or of the background (the image border is not an edge: a cut nucleus keeps its interior there).
+  or of the background (the image border is not an edge: a cut nucleus keeps its interior there);
+- 3 ``nucleus_centre``, only with ``centre_fraction`` > 0: interior pixels at least that fraction of their
+  nucleus's deepest distance from its outline (:func:`nucleus_centres`). Two touching nuclei whose interiors the
+  model draws as one blob still have two centres, which then seed the watershed.
 
 >>> import numpy as np
 >>> labels = np.zeros((5, 7), dtype=np.uint16)
@@ -24,8 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
-BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+BACKGROUND, INTERIOR, BOUNDARY, CENTRE = 0, 1, 2, 3
 CLASS_NAMES: tuple[str, ...] = ("background", "nucleus_interior", "nucleus_boundary")
+CENTRE_CLASS_NAMES: tuple[str, ...] = (*CLASS_NAMES, "nucleus_centre")
 IGNORE_INDEX = 255
 """Label value the loss skips (kept free: every pixel of a CryoNuSeg tile has a class)."""
 
@@ -57,12 +61,44 @@ def label_edges(labels: np.ndarray) -> np.ndarray:
     return edge & (labels > 0)
 
 
-def instances_to_classes(labels: np.ndarray, boundary_width: int = 1) -> np.ndarray:
-    """The (H, W) uint8 class map (0 background, 1 interior, 2 boundary) of an instance label image.
+def class_names(centre_fraction: float = 0.0) -> tuple[str, ...]:
+    """The classes a model learns: :data:`CLASS_NAMES`, with ``nucleus_centre`` when ``centre_fraction`` > 0."""
+    return CENTRE_CLASS_NAMES if centre_fraction > 0 else CLASS_NAMES
+
+
+def nucleus_centres(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """(H, W) bool: the pixels of each nucleus at least ``fraction`` of its deepest distance from its outline.
+
+    The distance is Euclidean, to the nearest pixel of :func:`label_edges` (the nucleus's own outline, where it
+    meets the background or another nucleus); a nucleus thin enough to be all outline has no centre.
+
+    >>> labels = np.zeros((9, 16), dtype=np.uint16)
+    >>> labels[1:8, 1:8] = 1; labels[1:8, 8:15] = 2  # two touching 7x7 squares
+    >>> nucleus_centres(labels, 0.5)[4].astype(int)
+    array([0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
+    """
+    from scipy import ndimage as ndi
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"centre fraction must be in (0, 1], got {fraction}")
+    labels = _check_labels(labels)
+    inside = (labels > 0) & ~label_edges(labels)
+    depth = ndi.distance_transform_edt(inside)
+    deepest = np.zeros(int(labels.max()) + 1)
+    np.maximum.at(deepest, labels[inside], depth[inside])
+    return inside & (depth >= fraction * deepest[labels])
+
+
+def instances_to_classes(
+    labels: np.ndarray, boundary_width: int = 1, centre_fraction: float = 0.0
+) -> np.ndarray:
+    """The (H, W) uint8 class map (0 background, 1 interior, 2 boundary, 3 centre) of an instance label image.
 
     Args:
         labels: (H, W) integer instance labels, 0 = background.
         boundary_width: ring width in pixels; each further pixel is one 4-neighbour step inside the nucleus.
+        centre_fraction: > 0 marks the :func:`nucleus_centres` of that fraction as class 3, where they lie in
+            the interior; 0 (default) draws the three classes only.
 
     Returns:
         uint8 class map of the same shape.
@@ -82,6 +118,8 @@ def instances_to_classes(labels: np.ndarray, boundary_width: int = 1) -> np.ndar
     classes = np.zeros(labels.shape, dtype=np.uint8)
     classes[nucleus] = INTERIOR
     classes[boundary] = BOUNDARY
+    if centre_fraction > 0:
+        classes[nucleus_centres(labels, centre_fraction) & (classes == INTERIOR)] = CENTRE
     return classes
 
 

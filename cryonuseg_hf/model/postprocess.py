@@ -1,14 +1,17 @@
-"""Class probabilities (background / nucleus interior / nucleus boundary) -> nuclei instance labels.
+"""Class probabilities (background / nucleus interior / nucleus boundary [/ nucleus centre]) -> nuclei instance labels.
 
 The recipe, in the order it runs:
 
-1. markers: connected components (4-neighbour) of ``p_interior > interior_threshold``; components smaller than
-   ``min_marker_size`` pixels are dropped; with ``split_depth``, a component holds one marker per maximum of its
-   distance transform at least that many pixels deep (h-maxima), so two touching nuclei whose interiors merged
-   into one blob with a neck get a marker each;
-2. nucleus region: ``1 - p_background > mask_threshold`` (interior or boundary);
-3. watershed of the markers into the nucleus region on the elevation ``1 - p_interior``, so boundary rings go
-   to the interior they surround and touching nuclei split along the boundary class;
+1. markers: connected components (4-neighbour) of ``p_marker > interior_threshold``, where the marker class is
+   the nucleus interior, or the nucleus centre for a model that has the fourth class
+   (:func:`cryonuseg_hf.data.targets.nucleus_centres`); components smaller than ``min_marker_size`` pixels are
+   dropped; with ``split_depth``, a component holds one marker per maximum of its distance transform at least
+   that many pixels deep (h-maxima), so two touching nuclei whose interiors merged into one blob with a neck get
+   a marker each;
+2. nucleus region: ``1 - p_background > mask_threshold`` (interior, boundary or centre);
+3. watershed of the markers into the nucleus region on the elevation ``1 - p_interior - 2 p_centre`` (centres
+   lowest, then interiors, then boundary rings), so boundary rings go to the interior they surround and
+   touching nuclei split along the boundary class;
 4. region components that hold no marker (nuclei too thin to have an interior) become nuclei of their own;
 5. background enclosed by one nucleus (a hole) becomes part of it, so every nucleus is the region inside its
    outline and the exported outlines (GeoJSON, ImageJ ROIs) rasterise back to the same labels;
@@ -42,6 +45,7 @@ class PostprocessParams:
     """Thresholds of :func:`probabilities_to_instances` (probabilities in 0..1, sizes in pixels at 40x)."""
 
     interior_threshold: float = 0.5
+    """Probability of the marker class (the interior, or the centre where the model has one) that seeds."""
     mask_threshold: float = 0.5
     min_marker_size: int = 3
     min_size: int = 10
@@ -124,7 +128,7 @@ def probabilities_to_instances(
 
     Args:
         probabilities: (C, H, W) float32 softmax output at image resolution; channel 0 background, 1 nucleus
-            interior, 2 nucleus boundary.
+            interior, 2 nucleus boundary, and 3 nucleus centre where the model has it.
         params: a :class:`PostprocessParams`, its dict form, or None for the defaults.
 
     Returns:
@@ -140,7 +144,12 @@ def probabilities_to_instances(
         params = PostprocessParams.from_dict(params)
     p_interior = probabilities[1]
     region = (1.0 - probabilities[0]) > params.mask_threshold
-    seeds = (p_interior > params.interior_threshold) & region
+    if len(probabilities) > 3:  # a centre class: centres seed, and lie lowest in the elevation
+        seeds = (probabilities[3] > params.interior_threshold) & region
+        elevation = 1.0 - p_interior - 2.0 * probabilities[3]
+    else:
+        seeds = (p_interior > params.interior_threshold) & region
+        elevation = 1.0 - p_interior
     markers, n_markers = ndi.label(seeds)
     if n_markers and params.min_marker_size > 1:
         sizes = np.bincount(markers.ravel())
@@ -149,7 +158,7 @@ def probabilities_to_instances(
         markers[small[markers]] = 0
     if n_markers and params.split_depth > 0:
         markers = split_markers(markers, params.split_depth)
-    labels = watershed(1.0 - p_interior, markers=markers, mask=region) if markers.any() else markers
+    labels = watershed(elevation, markers=markers, mask=region) if markers.any() else markers
     if params.unmarked_components:
         orphans, n_orphans = ndi.label(region & (labels == 0))
         if n_orphans:

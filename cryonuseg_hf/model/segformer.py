@@ -42,11 +42,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def _label_maps() -> dict[str, Any]:
+def _label_maps(names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
     return {
-        "num_labels": len(CLASS_NAMES),
-        "id2label": dict(enumerate(CLASS_NAMES)),
-        "label2id": {name: i for i, name in enumerate(CLASS_NAMES)},
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
     }
 
 
@@ -60,8 +60,9 @@ def segformer_config(
     input_scale: float = 2.0,
     postprocess: PostprocessParams | None = None,
     first_stride: int = 4,
+    class_names: Sequence[str] = CLASS_NAMES,
 ):
-    """A ``SegformerConfig`` for one of ``VARIANTS`` with the CryoNuSeg classes and extra keys.
+    """A ``SegformerConfig`` for one of ``VARIANTS`` with the CryoNuSeg classes (``class_names``) and extra keys.
 
     ``first_stride`` is the stride of the first patch embedding: 4 as in the paper (logits at a quarter of the
     input), or 2 (logits at half the input; every stage then sees twice as many tokens per side). It is a
@@ -73,7 +74,10 @@ def segformer_config(
         raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(VARIANTS)}")
     _check_first_stride(first_stride)
     config = SegformerConfig(
-        **VARIANTS[variant], **_label_maps(), semantic_loss_ignore_index=255, strides=[first_stride, 2, 2, 2]
+        **VARIANTS[variant],
+        **_label_maps(class_names),
+        semantic_loss_ignore_index=255,
+        strides=[first_stride, 2, 2, 2],
     )
     _set_extras(config, input_scale, postprocess)
     return config
@@ -122,6 +126,7 @@ def build_model(
     init: str | Path | None = None,
     seed: int = 0,
     first_stride: int = 4,
+    class_names: Sequence[str] = CLASS_NAMES,
 ):
     """A fresh SegFormer (weights drawn with ``seed``), or one fine-tuned from ``init`` (Hub id or folder).
 
@@ -130,6 +135,9 @@ def build_model(
     decode head too); the variant is the init's, and a ``variant`` that names another is refused, so what a
     training record says it trained is what it trained. ``first_stride`` is applied to the init (the first patch
     embedding's weights fit any stride, so a start point pretrained at stride 4 can be fine-tuned at stride 2).
+    ``class_names`` are the classes the model outputs; where they extend the init's classes (the centre class
+    after the three), each new class starts as a copy of the interior class's classifier row, so the model
+    starts from the init's outputs and learns the new class apart from the interior.
     """
     import torch
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -137,7 +145,7 @@ def build_model(
     torch.manual_seed(seed)
     if init is None:
         return SegformerForSemanticSegmentation(
-            segformer_config(variant or "b0", input_scale, first_stride=first_stride)
+            segformer_config(variant or "b0", input_scale, first_stride=first_stride, class_names=class_names)
         )
     _check_first_stride(first_stride)
     config = SegformerConfig.from_pretrained(str(init))
@@ -147,13 +155,31 @@ def build_model(
             f"--init {init} is SegFormer-{found or '? (sizes of no known variant)'}, not the --variant {variant} "
             "asked for; pass the init's variant"
         )
-    config.update({**_label_maps(), "semantic_loss_ignore_index": 255})
+    known = tuple(config.id2label[i] for i in range(config.num_labels))
+    extends = len(class_names) > len(known) and tuple(class_names[: len(known)]) == known == CLASS_NAMES
+    config.update({**_label_maps(known if extends else class_names), "semantic_loss_ignore_index": 255})
     config.strides = [first_stride, *config.strides[1:]]
     model = SegformerForSemanticSegmentation.from_pretrained(
         str(init), config=config, ignore_mismatched_sizes=True, dtype=torch.float32
     )
+    if extends:
+        _add_classes(model, class_names)
     _set_extras(model.config, input_scale, None)
     return model
+
+
+def _add_classes(model, class_names: Sequence[str]) -> None:
+    """Widen the classifier of ``model`` to ``class_names``; each new row a copy of the interior class's."""
+    import torch
+
+    old = model.decode_head.classifier
+    new = torch.nn.Conv2d(old.in_channels, len(class_names), kernel_size=1)
+    with torch.no_grad():
+        rows = list(range(old.out_channels)) + [1] * (len(class_names) - old.out_channels)
+        new.weight.copy_(old.weight[rows])
+        new.bias.copy_(old.bias[rows])
+    model.decode_head.classifier = new
+    model.config.update(_label_maps(class_names))
 
 
 def save_checkpoint(

@@ -15,6 +15,7 @@ from typing import Any
 
 from cryonuseg_hf.core.tiles import TILE_SIZE
 from cryonuseg_hf.data.release import DEFAULT_MARKUP, MARKUPS
+from cryonuseg_hf.data.targets import class_names
 from cryonuseg_hf.model.segformer import DEVICES, VARIANTS
 
 
@@ -37,6 +38,10 @@ class TrainConfig:
     mix_share: float = 0.25
     """The share of training crops drawn from ``mix_data`` (when given)."""
     boundary_width: int = 1
+    centre_fraction: float = 0.0
+    """> 0: a fourth class, ``nucleus_centre``, holds each nucleus's pixels at least this fraction of its deepest
+    distance from its outline, and seeds the post-processing's watershed (0 = the three classes only;
+    :func:`cryonuseg_hf.data.targets.nucleus_centres`). ``class_weights`` then has four values."""
     steps: int = 1500
     max_seconds: float | None = None
     """Optional wall-clock budget per model: after 10 timed steps, ``steps`` is cut to fit it."""
@@ -45,7 +50,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 50
-    class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    class_weights: tuple[float, ...] = (1.0, 1.0, 2.0)
+    """Cross-entropy weight of each class, in the order of :func:`cryonuseg_hf.data.targets.class_names`."""
     dice_weight: float = 1.0
     contact_weight: float = 0.0
     """Extra cross-entropy weight of the pixels near two or more nuclei (0 = none; ``contact_zones``)."""
@@ -125,6 +131,15 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     for name in ("weight_decay", "dice_weight", "contact_weight"):
         if not math.isfinite(getattr(config, name)) or getattr(config, name) < 0:
             raise bad(name, "a number >= 0")
+    if not 0 <= config.centre_fraction <= 1:
+        raise bad("centre_fraction", "a fraction in [0, 1] (0 = no centre class)")
+    classes = class_names(config.centre_fraction)
+    weights = config.class_weights
+    if len(weights) != len(classes) or not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(
+            f"class_weights {list(weights)!r}: expected {len(classes)} numbers >= 0, one per class "
+            f"({', '.join(classes)})"
+        )
     if not 0 <= config.scale_jitter < 1:
         raise bad("scale_jitter", "a number in [0, 1)")
     if not 0 < config.mix_share < 1:
@@ -205,9 +220,11 @@ def make_config(recipe_fields: dict[str, Any], overrides: dict[str, Any]) -> Tra
     """The checked :class:`TrainConfig` of a recipe's fields with ``overrides`` (command-line options) on top."""
     values = {**recipe_fields, **overrides}
     for name in ("input_scale", "lr", "weight_decay", "dice_weight", "contact_weight", "scale_jitter",
-                 "ema_decay", "mix_share", "save_every"):  # fmt: skip
+                 "ema_decay", "mix_share", "save_every", "centre_fraction"):  # fmt: skip
         if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
             values[name] = float(values[name])  # YAML reads 5 as an int; the record keeps floats
+    if "class_weights" in values:
+        values["class_weights"] = tuple(float(w) for w in values["class_weights"])
     return validate_config(TrainConfig(**values))
 
 

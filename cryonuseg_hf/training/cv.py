@@ -72,7 +72,9 @@ def train_model(
     n = len(tiles["images"])
     images = np.concatenate([tiles["images"]] * len(markups)) if len(markups) > 1 else tiles["images"]
     allowed = [k * n + i for k in range(len(markups)) for i in indices]
-    classes = np.stack([instances_to_classes(m, config.boundary_width) for m in masks])
+    classes = np.stack(
+        [instances_to_classes(m, config.boundary_width, config.centre_fraction) for m in masks]
+    )
     contacts = (
         np.stack([contact_zones(m, config.contact_radius) for m in masks]) if config.contact_weight else None
     )
@@ -80,7 +82,12 @@ def train_model(
     if config.mix_data:  # other nuclei data after the CryoNuSeg copies, drawn config.mix_share of the time
         from cryonuseg_hf.data.external import load_pretraining_tiles
 
-        other = load_pretraining_tiles(config.mix_data, config.boundary_width, instances=contacts is not None)
+        other = load_pretraining_tiles(
+            config.mix_data,
+            config.boundary_width,
+            instances=contacts is not None,
+            centre_fraction=config.centre_fraction,
+        )
         extra = list(range(len(images), len(images) + len(other["names"])))
         images = np.concatenate([images, other["images"]])
         classes = np.concatenate([classes, other["classes"]])
@@ -293,7 +300,13 @@ def pretrain(
     if resize == "auto":
         masks = load_tiles(cryonuseg)["masks"]
         target, resize = median_nucleus_area(m for stack in masks.values() for m in stack), None
-    data = load_pretraining_tiles(folders, config.boundary_width, resize=resize, match_area=target)
+    data = load_pretraining_tiles(
+        folders,
+        config.boundary_width,
+        resize=resize,
+        match_area=target,
+        centre_fraction=config.centre_fraction,
+    )
     if target is not None:
         logger.info(
             "resize factors matching CryoNuSeg's median nucleus (%.0f px): %s",

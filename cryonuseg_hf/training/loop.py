@@ -97,7 +97,7 @@ def sample_batch(
 
 
 def loss_fn(logits, target, config: TrainConfig, contact=None):
-    """Weighted cross-entropy plus soft Dice over the two nucleus classes, at the target's resolution.
+    """Weighted cross-entropy plus soft Dice over the nucleus classes, at the target's resolution.
 
     Pixels of class ``IGNORE_INDEX`` (ambiguous areas of pretraining data) count in neither term. ``contact``
     (B, H, W), where given, marks the pixels near two or more nuclei
@@ -159,6 +159,7 @@ def fit_segformer(
     import torch
     import torch.nn.functional as F
 
+    from cryonuseg_hf.data.targets import class_names
     from cryonuseg_hf.model.segformer import IMAGE_MEAN, IMAGE_STD, build_model
 
     device = resolve_device(config.device)
@@ -180,7 +181,8 @@ def fit_segformer(
     )
     targets_t = torch.from_numpy(np.ascontiguousarray(targets)).to(device)
     model = build_model(
-        config.variant, config.input_scale, config.init, seed=config.seed, first_stride=config.first_stride
+        config.variant, config.input_scale, config.init, seed=config.seed, first_stride=config.first_stride,
+        class_names=class_names(config.centre_fraction),
     ).to(device).train()  # fmt: skip
     if process > 0:  # stochastic depth draws from the global generator: each process its own draws
         torch.manual_seed(augment_seed)
