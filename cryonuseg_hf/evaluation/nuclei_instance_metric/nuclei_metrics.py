@@ -1,12 +1,13 @@
 """Dice, AJI, AJI+ and Panoptic Quality for nuclei instance segmentation, on plain numpy label images.
 
 Inputs are 2-D integer label images (numpy arrays or PIL images, any integer dtype), ``0`` = background and every
-other value one nucleus; ids need not be contiguous. Every metric of a tile comes from one contingency table of
-(true id, predicted id) pixel counts, so a 512x512 tile with a few hundred nuclei is scored in a few milliseconds.
+other value one nucleus; ids need not be contiguous. Every metric of a tile comes from one sparse contingency table
+of the overlapping (true id, predicted id) pairs, so a 512x512 tile with a few hundred nuclei is scored in a few
+milliseconds, and memory grows with the pixels and the pairs, never with true x predicted nuclei (a 4000x4000 pair
+of 60,000 touching nuclei: a few seconds and under 300 MB).
 
-This file is the one source of these functions. It lives in the ``evaluate`` module's folder and needs only numpy
-and scipy, so that the folder loads on its own wherever it is copied (the Hub, where ``cryonuseg_hf`` is not
-installed); ``nuclei_instance_metric.py`` beside it imports it, and ``cryonuseg_hf.evaluation.metrics`` re-exports it.
+This file is the one source of these functions: it lives in the ``evaluate`` module's folder and needs only numpy
+and scipy, so the folder loads on its own (the Hub); ``cryonuseg_hf.evaluation.metrics`` re-exports it.
 
 The definitions are the published ones, computed as HoVer-Net's ``metrics/stats_utils.py`` (Graham et al., 2019)
 computes them (``get_dice_1``, ``get_fast_aji``, ``get_fast_aji_plus``, ``get_fast_pq`` with ``match_iou=0.5``).
@@ -19,7 +20,7 @@ Writing :math:`T_i` for true nucleus ``i``, :math:`P_j` for predicted nucleus ``
   :math:`AJI = \\sum_i |T_i \\cap P_{j^*(i)}| / (\\sum_i |T_i \\cup P_{j^*(i)}| + \\sum_{j \\in U} |P_j|)`,
   where an unpaired true nucleus contributes :math:`|T_i|` to the denominator.
 - ``aji_plus``: AJI+ (Graham et al., 2019): the same ratio over a one-to-one pairing that maximises the total IoU
-  (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``); pairs of IoU 0 are not pairs.
+  (the optimum of the Hungarian algorithm, found by its sparse form, LAPJVsp); pairs of IoU 0 are not pairs.
 - ``pq``, ``dq``, ``sq``: Panoptic Quality (Kirillov et al., 2019). A true and a predicted nucleus match when
   their IoU is *strictly* above 0.5 (such matches are unique). With TP matches, FP unmatched predictions and FN
   unmatched true nuclei: :math:`DQ = TP / (TP + FP/2 + FN/2)`, :math:`SQ` = mean IoU of the matches (0 when
@@ -30,12 +31,12 @@ Where HoVer-Net's code has quirks, this module decides as follows:
 
 - HoVer-Net divides intersections by ``union + 1e-6`` for AJI and AJI+. That only changes which predicted nucleus
   wins an exact IoU tie: the one with the larger intersection. For AJI this module applies that rule explicitly to
-  exact ratios; for AJI+ the Hungarian algorithm gets HoVer-Net's weights ``inter / (union + 1e-6)``.
+  exact ratios; for AJI+ the pairing maximises HoVer-Net's weights ``inter / (union + 1e-6)``.
 - Remaining exact ties (equal IoU and intersection) go, in HoVer-Net, to the smaller id. Here they go to the
   nucleus whose first pixel comes first in raster (row-major) order: the same choice for images numbered in raster
   order (``skimage.measure.label``), and a score that does not change when the ids are permuted. For AJI+, when
   two pairs within a group of overlapping nuclei have the same weight (so that several pairings may be optimal),
-  the Hungarian algorithm sees that group's nuclei in raster order.
+  the solver sees that group's nuclei in raster order.
 - HoVer-Net's SQ is ``sum(IoU) / (TP + 1e-6)``; here it is the exact mean (the difference is below 1e-6).
 - HoVer-Net needs contiguous ids (``remap_label`` first) and returns NaN or divides by zero on empty images; here ids
   may be anything non-negative and the empty cases follow the rule above.
@@ -71,19 +72,9 @@ MATCH_IOU = 0.5
 METRICS: tuple[str, ...] = ("dice", "aji", "aji_plus", "pq", "dq", "sq", "precision", "recall")
 """The per-tile metrics; :func:`score` averages each over tiles under the same name."""
 
-COUNTS: tuple[str, ...] = (
-    "n_true",
-    "n_pred",
-    "tp",
-    "fp",
-    "fn",
-    "iou_sum",
-    "dice_intersection",
-    "dice_total",
-    "aji_intersection",
-    "aji_union",
-    "aji_plus_intersection",
-    "aji_plus_union",
+COUNTS: tuple[str, ...] = tuple(
+    "n_true n_pred tp fp fn iou_sum dice_intersection dice_total "
+    "aji_intersection aji_union aji_plus_intersection aji_plus_union".split()
 )
 """The per-tile counts behind the metrics (``iou_sum``: summed IoU of the PQ matches; ``dice_total``:
 foreground pixels of truth plus prediction); the pooled variants are ratios of their sums."""
@@ -93,6 +84,9 @@ _HOVERNET_EPS = 1e-6
 
 # A dense table of (true, predicted) bins is faster than sorting while it stays this many times the pixel count.
 _DENSE_TABLE_FACTOR = 8
+
+# first_pixels reads an image this many pixels at a time (a few MB, whatever the image size).
+_CHUNK_PIXELS = 1 << 20
 
 
 def as_label_image(labels: Any, name: str = "labels") -> np.ndarray:
@@ -215,15 +209,15 @@ def first_pixels(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     the id order for images labelled in raster order, as ``skimage.measure.label`` numbers them).
     """
     flat = labels.reshape(-1)
-    top = int(flat.max()) if flat.size else 0
-    if top <= max(1 << 16, 4 * flat.size):
-        wanted = np.zeros(top + 1, dtype=bool)
-        wanted[ids] = True
-        where = np.flatnonzero(wanted[flat])
-    else:
-        where = np.flatnonzero(np.isin(flat, ids))
-    _, first = np.unique(flat[where], return_index=True)
-    return where[first]
+    first = np.full(ids.size, -1, dtype=np.intp)
+    for start in range(0, flat.size, _CHUNK_PIXELS):
+        chunk = flat[start : start + _CHUNK_PIXELS]
+        where = np.flatnonzero(np.isin(chunk, ids))
+        values, at = np.unique(chunk[where], return_index=True)
+        slot = np.searchsorted(ids, values)
+        new = first[slot] < 0
+        first[slot[new]] = start + where[at[new]]
+    return first
 
 
 def _raster_rank(first: np.ndarray) -> np.ndarray:
@@ -276,13 +270,13 @@ def _equal_iou_in_a_component(row_of: np.ndarray, col_of: np.ndarray, iou: np.nd
 
 
 def _aji_plus_pairs(t_index, p_index, iou, t_first, p_first) -> np.ndarray:
-    """For AJI+: the edges of a one-to-one pairing that maximises the total of ``iou`` (Hungarian).
+    """For AJI+: the edges of a one-to-one pairing that maximises the total of ``iou``.
 
-    Maximum-weight matching splits over connected components of the overlap graph, so an edge whose two nuclei
-    overlap nothing else is paired directly and only the rest goes through ``linear_sum_assignment``. When equal
-    IoUs within a group of overlapping nuclei could make several pairings optimal, rows and columns are first put
-    in raster order of the nuclei's first pixels (``t_first(indices)``, ``p_first(indices)``), so the pairing does
-    not depend on the numbering.
+    An edge whose two nuclei overlap nothing else is paired directly; the rest goes to :func:`_best_pairing`, which
+    works on the overlapping pairs alone (memory in proportion to them, not to true x predicted nuclei). When equal
+    IoUs within a group of overlapping nuclei could make several pairings optimal, the nuclei are first put in
+    raster order of their first pixels (``t_first(indices)``, ``p_first(indices)``), so the pairing does not
+    depend on the numbering.
     """
     if t_index.size == 0:
         return np.zeros(0, dtype=np.intp)
@@ -292,21 +286,38 @@ def _aji_plus_pairs(t_index, p_index, iou, t_first, p_first) -> np.ndarray:
     chosen = [np.flatnonzero(alone)]
     rest = np.flatnonzero(~alone)
     if rest.size:
-        from scipy.optimize import linear_sum_assignment
-
         rows, row_of = np.unique(t_index[rest], return_inverse=True)
         cols, col_of = np.unique(p_index[rest], return_inverse=True)
         if _equal_iou_in_a_component(row_of, col_of, iou[rest]):
             row_of = _raster_rank(t_first(rows))[row_of]
             col_of = _raster_rank(p_first(cols))[col_of]
-        weights = np.zeros((rows.size, cols.size))
-        weights[row_of, col_of] = iou[rest]
-        edge = np.full((rows.size, cols.size), -1, dtype=np.intp)
-        edge[row_of, col_of] = rest
-        r, c = linear_sum_assignment(weights, maximize=True)
-        picked = edge[r, c]
-        chosen.append(picked[picked >= 0])
+        chosen.append(rest[_best_pairing(row_of, col_of, iou[rest])])
     return np.concatenate(chosen)
+
+
+def _best_pairing(row_of: np.ndarray, col_of: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Which edges (``row_of[k]``, ``col_of[k]``) form a one-to-one pairing of maximum total ``weight``, by the
+    sparse Jonker-Volgenant solver (``scipy.sparse.csgraph.min_weight_full_bipartite_matching``) on the edges alone.
+
+    That solver pairs every node, so row ``i`` gets a stand-in column ``i'`` and column ``j`` a stand-in row ``j'``
+    (cost 2: the nucleus stays unpaired), each edge ``(i, j)`` costs ``3 - weight`` and has a twin ``j' - i'``
+    (cost 1) for the stand-ins of a pair: a pair costs ``4 - weight``, two unpaired nuclei 4, so the cheapest full
+    pairing holds the heaviest pairing (cheap twins make the solver fast: 0.7 s, not 14 s, for 60,000 nuclei).
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    n_rows, n_cols = int(row_of.max()) + 1, int(col_of.max()) + 1
+    size = n_rows + n_cols
+    rows = np.concatenate([row_of, np.arange(n_rows), n_rows + np.arange(n_cols), n_rows + col_of])
+    cols = np.concatenate([col_of, n_cols + np.arange(n_rows), np.arange(n_cols), n_cols + row_of])
+    costs = np.concatenate([3.0 - weight, np.full(size, 2.0), np.ones(weight.size)])
+    paired_rows, paired_cols = min_weight_full_bipartite_matching(
+        csr_matrix((costs, (rows, cols)), shape=(size, size))
+    )
+    column_of_row = np.empty(size, dtype=np.intp)
+    column_of_row[paired_rows] = paired_cols
+    return np.flatnonzero(column_of_row[row_of] == col_of)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -350,23 +361,20 @@ def score_tile(truth: Any, prediction: Any, name: str = "tile") -> dict[str, flo
     def p_first(indices: np.ndarray) -> np.ndarray:
         return first_pixels(prediction, p_ids[indices])
 
-    best = _aji_pairs(t_index, p_index, inter, iou, p_first)
-    unpaired_true = np.ones(n_true, dtype=bool)
-    unpaired_true[t_index[best]] = False
-    unused_pred = np.ones(n_pred, dtype=bool)
-    unused_pred[p_index[best]] = False
-    aji_intersection = int(inter[best].sum())
-    aji_union = int(union[best].sum() + t_areas[unpaired_true].sum() + p_areas[unused_pred].sum())
+    def aggregated(pairs: np.ndarray) -> tuple[int, int]:
+        """AJI's sums over the edges ``pairs``: intersections, and unions plus the area of every unpaired nucleus."""
+        unpaired_true = np.ones(n_true, dtype=bool)
+        unpaired_true[t_index[pairs]] = False
+        unused_pred = np.ones(n_pred, dtype=bool)
+        unused_pred[p_index[pairs]] = False
+        unpaired = t_areas[unpaired_true].sum() + p_areas[unused_pred].sum()
+        return int(inter[pairs].sum()), int(union[pairs].sum() + unpaired)
 
-    # HoVer-Net's weights: among equal IoUs the Hungarian algorithm then prefers larger intersections, as AJI does.
+    aji_intersection, aji_union = aggregated(_aji_pairs(t_index, p_index, inter, iou, p_first))
+    # HoVer-Net's weights: among equal IoUs the pairing then prefers larger intersections, as AJI does.
     hovernet_iou = inter / (union + _HOVERNET_EPS) if inter.size else np.zeros(0)
     one_to_one = _aji_plus_pairs(t_index, p_index, hovernet_iou, t_first, p_first)
-    unpaired_true[:] = True
-    unpaired_true[t_index[one_to_one]] = False
-    unused_pred[:] = True
-    unused_pred[p_index[one_to_one]] = False
-    aji_plus_intersection = int(inter[one_to_one].sum())
-    aji_plus_union = int(union[one_to_one].sum() + t_areas[unpaired_true].sum() + p_areas[unused_pred].sum())
+    aji_plus_intersection, aji_plus_union = aggregated(one_to_one)
 
     matched = inter > MATCH_IOU * union  # exact: no division before the comparison
     tp = int(matched.sum())
