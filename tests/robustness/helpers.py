@@ -130,6 +130,8 @@ def bounded(seconds: float, megabytes: float):
     The peak is ``tracemalloc``'s, which sees Python objects and numpy arrays (numpy reports its buffers to it);
     memory that torch or a C library allocates on its own is not counted. The bounds are generous on purpose:
     they tell "refused or done at once" from "worked for minutes / asked for gigabytes", not one speed from another.
+    Tracing makes Python allocations slow (importing ``transformers`` under it takes about a minute): import the
+    heavy modules a case needs before the block, or let a first, untraced call import them.
     Yields a :class:`Cost` filled in when the block ends (also when it raises).
     """
     import tracemalloc
