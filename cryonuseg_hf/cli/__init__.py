@@ -36,9 +36,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["cryonuseg-hf", *argv])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    name = f"cryonuseg-hf {args.command}"
     try:
         return args.func(args)
     # OSError: missing, unreadable or unwritable paths; FloatingPointError: a training run that diverged
     except (OSError, ValueError, FloatingPointError) as error:
-        print(f"cryonuseg-hf {args.command}: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(
+            f"{name}: error: ran out of memory; give it a smaller input or a machine with more",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; every output is written whole or not at all, so none is half-written",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except Exception as error:  # a bug: one line for the user, the traceback with -v
+        if args.verbose:
+            raise
+        print(
+            f"{name}: unexpected error: {type(error).__name__}: {error}\n"
+            "This is a bug in cryonuseg-hf: please report it with the output of the same command run with -v.",
+            file=sys.stderr,
+        )
+        return 1

@@ -144,7 +144,12 @@ def train_config(args: argparse.Namespace):
     fields = load_recipe(args.recipe) if args.recipe else {}
     given = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     given = {f: tuple(v) if isinstance(v, list) else v for f, v in given.items()}  # repeatable options
-    return make_config(fields, given)
+    config = make_config(fields, given)
+    if config.init:
+        from cryonuseg_hf.model.segformer import check_start_point
+
+        check_start_point(config.init)
+    return config
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -120,6 +120,53 @@ def variant_of(config: Any) -> str | None:
     return None
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def check_start_point(init: str | Path) -> None:
+    """Raise ValueError unless ``init`` is a SegFormer checkpoint (a folder, or a Hub id the cache or the Hub has),
+    naming what is wrong; cheap (the config and the weights' header are read), so training checks it first.
+    """
+    import json
+
+    path = Path(init)
+    if not path.exists() and (path.is_absolute() or str(init).startswith(".") or str(init).count("/") > 1):
+        raise ValueError(f"--init {init}: no such folder")
+    if not path.exists():  # a Hub id
+        from transformers import SegformerConfig
+
+        try:
+            SegformerConfig.from_pretrained(str(init))
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"--init {init}: no such folder, and no SegFormer of that id on the Hub or in its cache "
+                f"({str(error).splitlines()[0]})"
+            ) from None
+        return
+    where = (
+        "a start point is a folder `pretrain` or `train --final` wrote (config.json and model.safetensors)"
+    )
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--init {init}: no config.json there; {where}")
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError):
+        raise ValueError(f"{path / 'config.json'}: not a JSON object; {where}") from None
+    if model_type != "segformer":
+        raise ValueError(f"--init {init}: a {model_type!r} checkpoint, not a SegFormer; {where}")
+    weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        raise ValueError(f"--init {init}: no {' or '.join(WEIGHT_FILES)} there; {where}")
+    if weights[0].suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(weights[0], framework="pt") as file:
+                file.keys()
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"{weights[0]}: damaged or cut short ({error})") from None
+
+
 def build_model(
     variant: str | None = None,
     input_scale: float = 2.0,
