@@ -42,13 +42,15 @@ def test_build_is_a_hub_repository(built_dataset):
     assert configs["annotator2"]["data_files"] == [
         {"split": "train", "path": "annotator2/train-00000-of-00001.parquet"}
     ]
-    declared = features()._to_yaml_list()
-    assert all(info["features"] == declared for info in header["dataset_info"])
-    # The Parquet files carry the same features in their schema.
+    for info in header["dataset_info"]:
+        assert info["features"] == features(info["config_name"])._to_yaml_list()
+    # The Parquet files carry their features in their schema, the mark-up as text in every row.
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(built_dataset / "annotator2" / "train-00000-of-00001.parquet")
+    path = built_dataset / "annotator2" / "train-00000-of-00001.parquet"
+    schema = pq.read_schema(path)
     assert b"huggingface" in schema.metadata and "instance_mask" in schema.names
+    assert set(pq.read_table(path, columns=["markup"]).column(0).to_pylist()) == {"annotator2"}
 
 
 def test_card_documents_the_data(built_dataset):
@@ -71,7 +73,7 @@ def test_card_documents_the_data(built_dataset):
         "null where the sheet leaves it empty (Human_Testes_01)",
     ):
         assert needle in body, needle
-    for column in features():
+    for column in features("annotator2"):
         if not column.startswith("nuclei_border_") and column not in ("svs_height", "centroid_y"):
             assert f"`{column}`" in body, column
     assert "nuclei_border_1 .. nuclei_border_10" in body
@@ -85,6 +87,7 @@ def test_load_default_config_decodes_the_released_files(built_dataset, release):
 
     ds = load_dataset(str(built_dataset), split="train")
     assert ds.info.config_name == "annotator1_round2" and ds.num_rows == 30
+    assert ds.features["markup"].names == ["annotator1_round2"] and set(ds["markup"]) == {0}
     assert ds["tile_id"] == list(TILE_IDS)
     assert ds["fold"] == [fold_of(t) for t in TILE_IDS]
     assert ds.features["organ"].names == list(ORGANS)
@@ -120,7 +123,7 @@ def test_other_configs_hold_their_own_markup(built_dataset, release):
 
     for markup in ("annotator1_round1", "annotator2"):
         ds = load_dataset(str(built_dataset), markup, split="train")
-        assert ds.info.config_name == markup
+        assert ds.info.config_name == markup and ds.features["markup"].int2str(ds[0]["markup"]) == markup
         files = release.markups[markup].variants["label_masks_modify"]
         for i in (0, 29):
             assert np.array_equal(np.asarray(ds[i]["instance_mask"]), tifffile.imread(files[TILE_IDS[i]]))

@@ -11,7 +11,11 @@ from cryonuseg_hf.core.folds import TILE_IDS
 
 
 def add_parsers(sub) -> None:
-    check = sub.add_parser("check", help="find and validate every file of a raw release")
+    check = sub.add_parser(
+        "check",
+        help="find and validate every file of a raw release, or check that a built dataset folder's files hold "
+        "the mark-ups its card says",
+    )
     add_source(check)
     check.set_defaults(func=cmd_check)
 
@@ -50,10 +54,17 @@ def add_parsers(sub) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from cryonuseg_hf.data.build import is_build
+    from cryonuseg_hf.data.parquet import check_build
     from cryonuseg_hf.data.release import open_release
     from cryonuseg_hf.data.release_checks import check_release
 
-    release = open_release(source(args))
+    path = source(args)
+    if path.is_dir() and is_build(path):
+        configs = check_build(path)
+        print(f"{path}: a built dataset; every data file of {', '.join(configs)} holds its own config's rows")
+        return 0
+    release = open_release(path)
     n_rois = check_release(release)  # reads every file build reads, and checks they belong together
     print(f"{release.root}: complete release of {len(release.images)} tiles; every file reads and fits")
     print(f"ROIs per mark-up: {n_rois}")

@@ -183,7 +183,7 @@ def build(
         splits, summaries = {}, {}
         for markup in complete:
             rows = [tile.rows[markup] for tile in tiles]
-            splits[markup] = write_config(rows, folder / markup / PARQUET_NAME)
+            splits[markup] = write_config(rows, folder / markup / PARQUET_NAME, markup)
             summaries[markup] = summarize(rows)
             logger.info("%s: %d tiles, %d ROIs", markup, len(rows), summaries[markup]["n_nuclei"])
             lap(markup)

@@ -59,7 +59,7 @@ class CryoNuSeg(datasets.GeneratorBasedBuilder):
     def _info(self):
         return datasets.DatasetInfo(
             description=f"CryoNuSeg nuclei instance segmentation, {MARKUP_FOLDERS[self.config.name]}.",
-            features=features(),
+            features=features(self.config.name),
             homepage=HOMEPAGE,
             license=LICENSE,
             citation=CITATION,

@@ -3,6 +3,12 @@
 Every released file is stored losslessly: the released 8-bit PNGs verbatim, the uint16 label TIFFs as 16-bit
 PNGs, the RGB tile as PNG. ``nuclei_border_1`` .. ``nuclei_border_10`` are regenerated, because the release
 lacks them. The leave-one-organ-out folds are the ``fold`` column (from :mod:`cryonuseg_hf.core.folds`).
+
+Every row names its mark-up (``markup``), so rows say which annotator drew them wherever they end up. A config
+declares that column as a ``ClassLabel`` whose only name is its own mark-up (:func:`features`), while the Parquet
+file stores the text (:func:`stored_features`): reading a file through another config's features fails on the
+first row of another mark-up ("Invalid string class label annotator1_round1"), so ``load_dataset`` cannot hand
+out one mark-up's rows under another's name.
 """
 
 from __future__ import annotations
@@ -23,8 +29,12 @@ RELEASED_COLUMNS = tuple(c for c in RELEASED_VARIANTS if c != "label_masks_modif
 BORDER_COLUMNS = tuple(f"nuclei_border_{w}" for w in BORDER_WIDTHS)
 
 
-def features():
-    """The declared ``datasets.Features`` of every config (the same columns for all three mark-ups)."""
+MARKUP_COLUMN = "markup"
+
+
+def features(markup: str):
+    """The declared ``datasets.Features`` of the config ``markup``: the same columns for all three mark-ups,
+    with ``markup`` a ``ClassLabel`` whose one name is the config's mark-up."""
     from datasets import ClassLabel, Features, Image, List, Value
 
     from cryonuseg_hf.data.metadata import FIELDS
@@ -45,6 +55,7 @@ def features():
     }
     columns = {
         "tile_id": Value("string"),
+        MARKUP_COLUMN: ClassLabel(names=[markup]),
         "image": Image(),
         "instance_mask": Image(),
         "organ": ClassLabel(names=list(ORGANS)),
@@ -64,6 +75,14 @@ def features():
         **{field: Value(metadata_types.get(field, "string")) for field in FIELDS},
     }
     return Features(columns)
+
+
+def stored_features(markup: str):
+    """The features a config's Parquet file is written with: :func:`features`, but ``markup`` as plain text,
+    so that any Parquet reader sees the mark-up and ``datasets`` checks it against the config that reads it."""
+    from datasets import Features, Value
+
+    return Features({**features(markup), MARKUP_COLUMN: Value("string")})
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -140,6 +159,7 @@ def tile_row(files: TileContents, markup: str, metadata: dict, image_png: bytes 
     instance_mask = masks["label_masks_modify"].array
     row = {
         "tile_id": files.tile,
+        MARKUP_COLUMN: markup,
         "image": {"bytes": image_png if image_png is not None else encode_png(files.image), "path": None},
         "instance_mask": {"bytes": encode_png(instance_mask), "path": None},
         "organ": organ_of(files.tile),

@@ -57,7 +57,7 @@ METADATA_DEFINITIONS: dict[str, str] = {
 AGREEMENT_METRICS = {"dice": "Dice", "aji": "AJI", "aji_plus": "AJI+", "pq": "PQ"}
 
 
-def _yaml_header(splits: dict[str, dict], features) -> str:
+def _yaml_header(splits: dict[str, dict], features: dict) -> str:
     import yaml
 
     configs = []
@@ -71,7 +71,7 @@ def _yaml_header(splits: dict[str, dict], features) -> str:
     infos = [
         {
             "config_name": markup,
-            "features": features._to_yaml_list(),
+            "features": features[markup]._to_yaml_list(),
             "download_size": s["download_size"],
             "dataset_size": s["num_bytes"],
         }
@@ -144,13 +144,14 @@ def dataset_card(built: BuiltDataset) -> str:
     if set(built.splits) == set(MARKUPS):
         references = sorted({reference for reference, _ in COMPARISONS.values()})
         agreement = observer_comparisons(markup_pairs(built.instance_masks, references, TILE_IDS))
-    return render_card(built.splits, built.summaries, features(), built.metadata, agreement)
+    declared = {markup: features(markup) for markup in built.splits}
+    return render_card(built.splits, built.summaries, declared, built.metadata, agreement)
 
 
 def render_card(
     splits: dict[str, dict],
     summaries: dict[str, dict],
-    features,
+    features: dict,
     metadata: dict[str, dict],
     agreement: dict | None = None,
 ) -> str:
@@ -159,7 +160,7 @@ def render_card(
     Args:
         splits: per config, ``num_bytes``, ``num_examples`` and ``download_size`` (from the builder).
         summaries: per config, tiles, ``n_nuclei``, ``n_instances``, ``per_organ`` and ``per_tile`` counts.
-        features: the ``datasets.Features`` of every config.
+        features: per config, its declared ``datasets.Features`` (:func:`cryonuseg_hf.data.rows.features`).
         metadata: the slide metadata per tile (used for the organ-site column of the tile table).
         agreement: :func:`cryonuseg_hf.evaluation.agreement.human_agreement` output, shown as reference rows; omitted
             when ``None``.
@@ -200,6 +201,7 @@ def render_card(
         "row = ds[0]",
         'image = np.asarray(row["image"])                          # (512, 512, 3) uint8',
         'labels = np.asarray(row["instance_mask"]).astype(np.uint16)  # (512, 512), 0 = background',
+        f'ds.features["markup"].int2str(row["markup"])              # "{default}": who drew this row',
         "",
         "# fold k of the leave-one-organ-out protocol: train on every other organ, test on organ k",
         'train = load_dataset("cryonuseg", split="train", filters=[("fold", "!=", 3)])',
@@ -245,6 +247,8 @@ def render_card(
         "| column | type | meaning |",
         "|---|---|---|",
         "| `tile_id` | string | `Human_<Organ>_<NN>`, the release's file stem |",
+        "| `markup` | ClassLabel (one name: the config) | the mark-up whose outlines and masks the row holds; "
+        "see below |",
         "| `image` | Image (PNG, RGB) | the released tile (uncompressed TIFF in the release, stored as lossless PNG) |",
         "| `instance_mask` | Image (16-bit PNG) | see below |",
         f"| `organ` | ClassLabel | one of {', '.join(ORGANS)} |",
@@ -256,6 +260,18 @@ def render_card(
         "| `n_instances` | int32 | number of distinct non-zero ids in `instance_mask` |",
         "| mask variants | Image | one column each, defined below |",
         "| slide metadata | | from the authors' `Selected_WSIs.xlsx`, defined below |",
+        "",
+        "### Which mark-up a row holds",
+        "",
+        "Every row names its mark-up in `markup`. The Parquet files store it as text, so any Parquet reader "
+        "sees it; the card declares it a `ClassLabel` whose one name is the config's mark-up, so `load_dataset` "
+        'gives `0` and `ds.features["markup"].names` says which mark-up that is. A data file that holds rows '
+        "of another mark-up than its config's (a swapped or renamed file, an edited card) is refused while "
+        "loading: `Invalid string class label annotator1_round1`, with the file named in the log just above. "
+        "`cryonuseg-hf check --source <this folder>` names the file, the config and the mark-up found. Configs do "
+        "not concatenate as they are (their `markup` features differ, so their rows cannot mix unnoticed); to mix "
+        'them, turn the column into text first: `ds.remove_columns("markup").add_column("markup", '
+        '[ds.features["markup"].names[0]] * len(ds))`.',
         "",
         "### Mask variants",
         "",
