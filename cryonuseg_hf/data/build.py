@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryonuseg_hf.core.files import staged_folder
+from cryonuseg_hf.core.files import check_can_create, free_bytes, shown_error, staged_folder
 from cryonuseg_hf.core.folds import TILE_IDS
 from cryonuseg_hf.data.parquet import PARQUET_NAME, write_config
 from cryonuseg_hf.data.readers import complete_markups, read_or_note, read_slide_sheet, read_tile
@@ -79,6 +79,66 @@ def check_output_folder(out_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out_dir}: holds a previous build; pass --overwrite to replace it")
 
 
+PNG_PER_TIFF_BYTE = 0.5
+"""Bytes of the PNG that stores a tile per byte of its released (uncompressed) TIFF, rounded up: on the real
+release the 23.6 MB of TIFFs take 11-12 MB as PNG in each config."""
+
+
+def estimated_size(release: Release, markups: tuple[str, ...]) -> int:
+    """Bytes a build of ``markups`` takes on disk, estimated from the release's file sizes before anything is
+    decoded: each config holds its mark-up's files (stored as they are or as PNG of about their size) and the
+    tiles as PNG. The real release (85 MB) builds to 80 MB; this says 92 MB, a little above on purpose."""
+    images = sum(path.stat().st_size for path in release.images.values())
+    size = 0
+    for markup in markups:
+        files = release.markups[markup]
+        size += sum(_size(path) for path in files.rois.values())
+        size += sum(path.stat().st_size for variant in files.variants.values() for path in variant.values())
+        size += int(images * PNG_PER_TIFF_BYTE)
+    return size
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of the files of a folder (an unzipped ROI set)."""
+    return sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+
+
+def unreadable_files(release: Release) -> list[str]:
+    """Every file of the release that cannot be opened and read, as problems naming it (no decoding: the first
+    byte of each file is read)."""
+    paths = [*release.images.values(), *([release.metadata_xlsx] if release.metadata_xlsx else [])]
+    for files in release.markups.values():
+        for path in files.rois.values():
+            paths += sorted(path.iterdir()) if path.is_dir() else [path]
+        paths += [path for variant in files.variants.values() for path in variant.values()]
+    problems = []
+    for path in paths:
+        try:
+            with open(path, "rb") as file:
+                file.read(1)
+        except OSError as error:
+            problems.append(f"{path}: cannot be read ({error.strerror or error})")
+    return problems
+
+
+def check_room(out_dir: Path, needed: int) -> None:
+    """Before any tile is decoded: ``out_dir`` can be created, and the disk that will hold it has ``needed``
+    bytes free (the new build is complete beside an old one before it replaces it).
+
+    Raises:
+        NotADirectoryError, PermissionError: ``out_dir`` cannot be created.
+        OSError: the disk lacks the room; the message gives both figures.
+    """
+    if not out_dir.exists():
+        check_can_create(out_dir)
+    free = free_bytes(out_dir)
+    if free < needed:
+        raise OSError(
+            f"{out_dir}: the build needs about {needed / 1e6:.0f} MB and the disk that holds it has "
+            f"{free / 1e6:.0f} MB free; free some space there or choose another --out"
+        )
+
+
 @dataclass(frozen=True)
 class BuiltDataset:
     """What a build wrote, for its card: the configs' sizes and counts, the slide sheet and the instance masks."""
@@ -131,7 +191,8 @@ def build(
     """Build the Hub dataset folder: ``<config>/train-00000-of-00001.parquet`` per mark-up plus ``README.md``.
 
     Every file is read once, and all of them are checked (as ``cryonuseg-hf check`` does) before anything is
-    written. The folder is written all-or-nothing (:func:`cryonuseg_hf.core.files.staged_folder`): a failed build
+    written. Before any of them is decoded, each must open, and the output folder must be creatable with room
+    for the build on its disk (:func:`check_room`). The folder is written all-or-nothing (:func:`cryonuseg_hf.core.files.staged_folder`): a failed build
     leaves nothing behind and a previous build stays intact until the new one is complete.
 
     Args:
@@ -154,6 +215,8 @@ def build(
         FileNotFoundError: ``source`` does not exist.
         FileExistsError: ``out_dir`` holds something (see :func:`check_output_folder`).
         ReleaseError: the release is incomplete or a file is bad; the message lists every such file.
+        OSError: ``out_dir`` cannot be made or its disk lacks the room (:func:`check_room`), or writing
+            failed; the message names the user's path and the problem, and nothing was written.
     """
     start = time.perf_counter()
     clock = {"last": start}
@@ -169,8 +232,15 @@ def build(
     if unknown or not markups:
         raise ValueError(f"unknown or no mark-ups {unknown or markups}; expected some of {MARKUPS}")
     check_output_folder(out_dir, overwrite)
-    release = open_release(default_source() if source is None else source, markups=tuple(markups))
+    try:
+        release = open_release(default_source() if source is None else source, markups=tuple(markups))
+    except OSError as error:
+        raise shown_error(error, writing=False) from None
     complete, problems = complete_markups(release, tuple(m for m in MARKUPS if m in markups))
+    unreadable = unreadable_files(release)  # before decoding anything, as is the room for the output
+    if unreadable:
+        raise ReleaseError(release.root, problems + unreadable)
+    check_room(out_dir, estimated_size(release, complete))
     metadata = read_or_note(problems, read_slide_sheet, release)
     lap("open")
     tiles = _map_tiles(partial(build_tile, release, markups=complete, metadata=metadata), workers)

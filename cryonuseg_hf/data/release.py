@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryonuseg_hf.core.files import staged_folder
+from cryonuseg_hf.core.files import free_bytes, staged_folder
 from cryonuseg_hf.core.folds import TILE_IDS
 
 DATA_ENV = "CRYONUSEG_DATA"
@@ -276,6 +276,13 @@ def extract_zip(archive: Path, cache_dir: Path | None = None) -> Path:
         if escaping:
             raise ReleaseError(
                 archive, [f"{archive}: member paths escape the extraction folder: {', '.join(escaping[:5])}"]
+            )
+        needed, free = sum(m.file_size for m in zf.infolist()), free_bytes(base)
+        if free < needed:
+            raise OSError(
+                f"{archive}: extracting it needs {needed / 1e6:.0f} MB in {base} and that disk has "
+                f"{free / 1e6:.0f} MB free; extract the zip yourself where there is room and pass that folder "
+                "as --source"
             )
         with staged_folder(target) as staging:
             zf.extractall(staging)
