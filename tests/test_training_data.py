@@ -44,3 +44,16 @@ def test_a_build_without_the_markup_is_named(built_dataset, tmp_path):
     shutil.rmtree(partial / "annotator2")
     with pytest.raises((ValueError, FileNotFoundError), match="annotator2"):
         load_tiles(partial, ("annotator2",))
+
+
+def test_a_build_whose_files_hold_another_markup_is_refused(built_dataset, tmp_path):
+    """Training on a build whose annotator2 files are annotator1_round2's would learn the wrong targets: refused
+    before any image is decoded, naming the file and both mark-ups."""
+    import shutil
+
+    swapped = tmp_path / "cryonuseg"
+    shutil.copytree(built_dataset, swapped)
+    shutil.rmtree(swapped / "annotator2")
+    shutil.copytree(built_dataset / "annotator1_round2", swapped / "annotator2")
+    with pytest.raises(ValueError, match=r"annotator2.*annotator1_round2|annotator1_round2.*annotator2"):
+        load_tiles(swapped, ("annotator2",))

@@ -66,8 +66,12 @@ def _load_release(source: Path, markups: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _load_built(folder: Path, markups: tuple[str, ...]) -> dict[str, Any]:
+    """The rows of a ``cryonuseg-hf build`` folder, each config's files checked to hold that mark-up first."""
     from datasets import load_dataset
 
+    from cryonuseg_hf.data.parquet import check_build
+
+    check_build(folder, markups)  # a file of another mark-up would train on the wrong targets
     configs = {m: load_dataset(str(folder), m, split="train") for m in markups}
     return _from_rows(configs, folder)
 
