@@ -82,8 +82,10 @@ foreground pixels of truth plus prediction); the pooled variants are ratios of t
 # HoVer-Net divides by union + 1e-6 when pairing for AJI+; the same weights keep its choices among equal IoUs.
 _HOVERNET_EPS = 1e-6
 
-# A dense table of (true, predicted) bins is faster than sorting while it stays this many times the pixel count.
+# A dense table of (true, predicted) bins is faster than sorting while it stays this many times the pixel count,
+# and under 64 MB (a 512x512 tile: 2 million bins).
 _DENSE_TABLE_FACTOR = 8
+_DENSE_TABLE_MAX = 1 << 23
 
 # first_pixels reads an image this many pixels at a time (a few MB, whatever the image size).
 _CHUNK_PIXELS = 1 << 20
@@ -169,7 +171,7 @@ def overlap_table(truth: np.ndarray, prediction: np.ndarray):
     """
     t_top = int(truth.max()) if truth.size else 0
     p_top = int(prediction.max()) if prediction.size else 0
-    limit = _DENSE_TABLE_FACTOR * truth.size + 1024
+    limit = min(_DENSE_TABLE_FACTOR * truth.size, _DENSE_TABLE_MAX) + 1024
     if (t_top + 1) * (p_top + 1) <= limit:
         width = p_top + 1
         keys = truth.reshape(-1).astype(np.intp) * width + prediction.reshape(-1)
