@@ -25,6 +25,12 @@ released ``label masks modify``. GeoJSON (QuPath exports: a FeatureCollection, a
 a bare geometry; detections, annotations or cells, whose ``nucleusGeometry`` is used) may hold ``Polygon`` and
 ``MultiPolygon`` geometries with holes; its coordinates are used as the file stores them (float64). RoiSets are
 read by :func:`cryonuseg_hf.data.rois.read_roi_set`, coordinates as ImageJ stores them (float32).
+
+Before any rasterising, :func:`check_outlines` measures the work a file asks for against the image it belongs to
+and refuses, naming the file, the nucleus and the figure, a file far bigger than a tile's nuclei need, outlines
+with a vertex far outside the image or wholly outside it, too many vertices, too long outlines or too much area to
+fill: a hostile or mistaken file (coordinates of 1e12, a slide's frame) is refused at once instead of asking for
+terabytes.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from cryonuseg_hf.core.tiles import TILE_SHAPE
-from cryonuseg_hf.data.masks import instance_masks
+from cryonuseg_hf.data.masks import polygon_pixels
 from cryonuseg_hf.data.rois import Nucleus, read_roi_set, write_roi_set
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,16 @@ QUPATH_OBJECT_TYPES = {
     "PathTileObject": "tile",
 }
 _UUID_NAMESPACE = uuid.UUID("6f1c2f0e-5a55-4c1b-9a63-1f0c8a3e2b7d")
+
+# What the files of one image may ask for, per pixel of the image (with a floor for small images). The real
+# CryoNuSeg RoiSets need at most 110,399 vertices, 48,252 px of outline and 256,798 px of bounding boxes for a
+# 512x512 tile (0.42, 0.18 and 0.98 per pixel); these bounds leave 4x to 16x room and keep reading a tile under
+# about 250 MB (the rasteriser needs about 100 bytes per sub-pixel step of outline and 40 per pixel filled).
+_MAX_VERTICES_PER_PIXEL = 2
+_MAX_OUTLINE_PX_PER_PIXEL = 1
+_MAX_FILLED_PER_PIXEL = 16
+_MAX_FILE_BYTES_PER_PIXEL = 128  # GeoJSON text or RoiSet members: 32 MB for a 512x512 tile
+_FLOOR = 1 << 16
 
 Outlines = Sequence[Sequence[Sequence[np.ndarray]]]
 """Nuclei read from a file: per nucleus its polygons, per polygon its rings (exterior first, then holes), each
@@ -130,7 +147,8 @@ def instance_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
 def rasterise_outlines(nuclei: Outlines, shape: tuple[int, int] = TILE_SHAPE) -> np.ndarray:
     """(x, y) outlines -> instance labels with the dataset's rasteriser: nucleus ``n`` is label ``n + 1``, the
     later nucleus wins where they overlap (``label masks modify``), a MultiPolygon's parts share one label and
-    holes are cleared.
+    holes are cleared. Every ring is rasterised in one pass, so the work grows with the outlines' length and the
+    pixels they fill (bounded beforehand by :func:`check_outlines` when reading files).
 
     Args:
         nuclei: see :data:`Outlines`.
@@ -143,29 +161,25 @@ def rasterise_outlines(nuclei: Outlines, shape: tuple[int, int] = TILE_SHAPE) ->
     >>> rasterise_outlines([[[ring]]], (3, 4)).tolist()
     [[1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]]
     """
-
-    def as_nuclei(rings: Iterable[np.ndarray]) -> list[Nucleus]:
-        return [Nucleus(str(k), ring[:, 0], ring[:, 1], "polygon") for k, ring in enumerate(rings)]
-
-    holed = [any(len(rings) > 1 for rings in polygons) for polygons in nuclei]
-    # The exteriors of every nucleus without holes go through instance_masks at once; a part's label maps back
-    # to its nucleus, and since parts are numbered in nucleus order the later nucleus still wins.
-    owner = [n for n, polygons in enumerate(nuclei) if not holed[n] for _ in polygons]
-    if len(owner) >= np.iinfo(np.uint16).max:
-        raise ValueError(f"{len(owner)} polygons in one tile; the rasteriser labels at most 65534")
-    exteriors = [rings[0] for n, polygons in enumerate(nuclei) if not holed[n] for rings in polygons]
-    _, parts = instance_masks(as_nuclei(exteriors), shape)
-    labels = np.concatenate([[0], np.asarray(owner, np.int32) + 1]).astype(np.int32)[parts]
-    for n in np.flatnonzero(holed):
-        # exterior minus holes, then the generator's rule: the larger label wins, max(mask * n, labels)
-        mask = np.zeros(shape, bool)
-        for rings in nuclei[n]:
-            part = instance_masks(as_nuclei(rings[:1]), shape)[1] > 0
-            if len(rings) > 1:
-                part &= instance_masks(as_nuclei(rings[1:]), shape)[0] == 0
-            mask |= part
-        labels = np.maximum(labels, np.where(mask, n + 1, 0).astype(np.int32))
-    return labels
+    rings, ring_part, is_hole, part_owner = [], [], [], []
+    for n, polygons in enumerate(nuclei):
+        for part in polygons:
+            for k, ring in enumerate(part):
+                rings.append(Nucleus(str(len(rings)), ring[:, 0], ring[:, 1], "polygon"))
+                ring_part.append(len(part_owner))
+                is_hole.append(k > 0)
+            part_owner.append(n)
+    size = shape[0] * shape[1]
+    ring_index, pixel = polygon_pixels(rings, shape)
+    keys = np.asarray(ring_part, np.int64)[ring_index] * size + pixel  # (part, pixel)
+    hole = np.asarray(is_hole, bool)[ring_index]
+    filled = keys[~hole]
+    if hole.any():  # a part is its exterior's pixels less those of its holes
+        filled = filled[~np.isin(filled, keys[hole])]
+    part, pixel = np.divmod(filled, size)
+    labels = np.zeros(size, np.int32)
+    np.maximum.at(labels, pixel, np.asarray(part_owner, np.int32)[part] + 1)  # the later nucleus wins
+    return labels.reshape(shape)
 
 
 def _check_inside(nuclei: Outlines, shape: tuple[int, int], path: Path) -> None:
@@ -180,6 +194,98 @@ def _check_inside(nuclei: Outlines, shape: tuple[int, int], path: Path) -> None:
         raise ValueError(
             f"{path}: every outline lies outside the {height}x{width} tile (x {low[0]:.1f}..{high[0]:.1f}, "
             f"y {low[1]:.1f}..{high[1]:.1f}); export coordinates relative to the tile's top-left corner"
+        )
+
+
+def _bound(per_pixel: int, shape: tuple[int, int]) -> int:
+    return max(_FLOOR, per_pixel * shape[0] * shape[1])
+
+
+def check_file_size(path: Path, size: int, shape: tuple[int, int]) -> None:
+    """Refuse an outline file of ``size`` bytes (a RoiSet: its members unpacked) far beyond a tile's nuclei."""
+    limit = _bound(_MAX_FILE_BYTES_PER_PIXEL, shape)
+    if size > limit:
+        raise ValueError(
+            f"{path}: {size:,} bytes of outlines for a {shape[0]}x{shape[1]} image, more than the {limit:,} its "
+            "nuclei could need; is this the file of one tile (not of a slide or a whole project)?"
+        )
+
+
+def check_outlines(nuclei: Outlines, shape: tuple[int, int], path: Path, names: Sequence[str]) -> None:
+    """Refuse outlines that cannot be this image's nuclei, before any rasterising, so that a file's work is
+    bounded by its image: every vertex within one image side of the image, no nucleus wholly outside it, at
+    most 2 vertices and 1 px of outline per pixel of the image and 16 pixels filled per pixel (each with a floor
+    of 65,536; see the measurements beside :data:`_MAX_VERTICES_PER_PIXEL`).
+
+    Args:
+        nuclei: see :data:`Outlines`.
+        shape: the image (height, width).
+        path: the file, for messages.
+        names: how messages call each nucleus (``feature 12``, ``ROI 0001-0042``).
+
+    Raises:
+        ValueError: naming the file, the nucleus and the figure, and what to do.
+    """
+    height, width = shape
+    _check_inside(nuclei, shape, path)
+    rings = [ring for polygons in nuclei for part in polygons for ring in part]
+    counts = np.array([len(ring) for ring in rings], dtype=np.int64)
+    limit = _bound(_MAX_VERTICES_PER_PIXEL, shape)
+    if counts.sum() > limit:
+        raise ValueError(
+            f"{path}: {counts.sum():,} vertices, more than the {limit:,} a {height}x{width} image's nuclei could "
+            "need; simplify the outlines (e.g. QuPath's Simplify shape) or give the file of one tile"
+        )
+    if not counts.sum():
+        return
+    owner = np.repeat([n for n, polygons in enumerate(nuclei) for part in polygons for _ in part], counts)
+    xy = np.concatenate(rings)
+    far = np.flatnonzero(
+        (xy[:, 0] < -width) | (xy[:, 0] > 2 * width) | (xy[:, 1] < -height) | (xy[:, 1] > 2 * height)
+    )
+    if far.size:
+        x, y = xy[far[0]]
+        raise ValueError(
+            f"{path}: {names[owner[far[0]]]}: vertex ({x:g}, {y:g}) lies far outside the {height}x{width} image "
+            f"(x within {-width}..{2 * width} and y within {-height}..{2 * height} expected); {far.size:,} "
+            "vertices do; export the tile's nuclei in its pixel coordinates"
+        )
+    _check_each_overlaps(xy, owner, len(nuclei), shape, path, names)
+    start = np.cumsum(counts) - counts
+    steps = np.abs(xy - np.roll(xy, 1, axis=0)).max(axis=1)  # each vertex to the one before it
+    closing = counts > 0
+    steps[start[closing]] = np.abs(xy[start[closing]] - xy[(start + counts - 1)[closing]]).max(axis=1)
+    length, limit = float(steps.sum()), _bound(_MAX_OUTLINE_PX_PER_PIXEL, shape)
+    if length > limit:
+        raise ValueError(
+            f"{path}: the outlines are {length:,.0f} px long in all, more than the {limit:,} px a "
+            f"{height}x{width} image's nuclei could need; give the file of one tile, or fewer nuclei"
+        )
+    low = np.clip(np.minimum.reduceat(xy, start[closing]), 0, [width, height])
+    high = np.clip(np.maximum.reduceat(xy, start[closing]), 0, [width, height])
+    filled, limit = int(np.prod(high - low + 1, axis=1).sum()), _bound(_MAX_FILLED_PER_PIXEL, shape)
+    if filled > limit:
+        raise ValueError(
+            f"{path}: the outlines' bounding boxes cover {filled:,} pixels in all, more than {limit:,} "
+            f"({_MAX_FILLED_PER_PIXEL} layers of the {height}x{width} image); are these nuclei, and of this image?"
+        )
+
+
+def _check_each_overlaps(xy, owner, n_nuclei, shape, path: Path, names: Sequence[str]) -> None:
+    """Refuse a nucleus whose every vertex lies on one side outside the image: it would vanish from the labels."""
+    height, width = shape
+    low = np.full((n_nuclei, 2), np.inf)
+    high = np.full((n_nuclei, 2), -np.inf)
+    np.minimum.at(low, owner, xy)
+    np.maximum.at(high, owner, xy)
+    present = np.isfinite(low[:, 0])
+    outside = present & ((high[:, 0] <= 0) | (high[:, 1] <= 0) | (low[:, 0] >= width) | (low[:, 1] >= height))
+    if outside.any():
+        n = int(np.flatnonzero(outside)[0])
+        raise ValueError(
+            f"{path}: {names[n]} lies wholly outside the {height}x{width} image (x {low[n, 0]:g}..{high[n, 0]:g}, "
+            f"y {low[n, 1]:g}..{high[n, 1]:g}); {int(outside.sum())} nuclei do; remove them, or export the tile's "
+            "nuclei in its pixel coordinates"
         )
 
 
@@ -290,8 +396,13 @@ def geojson_outlines(
     >>> len(geojson_outlines({"type": "MultiPolygon", "coordinates": [square, square]})[0])
     2
     """
+    return _geojson_nuclei(data, where, object_types)[0]
+
+
+def _geojson_nuclei(data: Any, where: str, object_types: Iterable[str] | None) -> tuple[list, list[str]]:
+    """:func:`geojson_outlines`, and how messages call each nucleus (``feature 12``: its index in the file)."""
     wanted = set(object_types) if object_types is not None else None
-    nuclei = []
+    nuclei, names = [], []
     for index, feature in enumerate(_features(data, where)):
         if not isinstance(feature, dict):
             raise ValueError(f"{where}: feature {index} is not a GeoJSON object")
@@ -310,7 +421,8 @@ def geojson_outlines(
                 "(pass object_types / --object-type to keep only the nuclei objects)"
             )
         nuclei.append(polygons)
-    return nuclei
+        names.append(f"feature {index}")
+    return nuclei, names
 
 
 def read_geojson_labels(
@@ -319,16 +431,19 @@ def read_geojson_labels(
     """Instance labels from a QuPath GeoJSON file (see :func:`geojson_outlines`, :func:`rasterise_outlines`).
 
     Raises:
-        ValueError: not JSON, not GeoJSON features, a geometry that is not an area, or outlines that all lie
-            outside the image; the message names the file.
+        ValueError: not JSON, not GeoJSON features, a geometry that is not an area, or outlines that cannot be the
+            image's nuclei (:func:`check_file_size`, :func:`check_outlines`); the message names the file.
     """
     path = Path(path)
     try:
+        check_file_size(path, path.stat().st_size, shape)
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a readable JSON file ({error})") from None
-    nuclei = geojson_outlines(data, str(path), object_types)
-    _check_inside(nuclei, shape, path)
+    except OSError as error:
+        raise OSError(f"{path}: cannot be read ({error.strerror or error})") from None
+    nuclei, names = _geojson_nuclei(data, str(path), object_types)
+    check_outlines(nuclei, shape, path, names)
     return rasterise_outlines(nuclei, shape)
 
 
@@ -360,10 +475,28 @@ def read_roiset_labels(path: str | Path, shape: tuple[int, int] = TILE_SHAPE) ->
 
     Raises:
         ValueError: (:class:`cryonuseg_hf.data.rois.RoiError`) not a RoiSet, or a ROI that is not an area; or
-            outlines that all lie outside the image. The message names the file.
+            outlines that cannot be the image's nuclei (:func:`check_file_size`, :func:`check_outlines`). The
+            message names the file.
     """
     path = Path(path)
+    try:
+        check_file_size(path, _roiset_bytes(path), shape)
+    except OSError as error:
+        raise OSError(f"{path}: cannot be read ({error.strerror or error})") from None
     nuclei = read_roi_set(path)
     outlines = [[[np.stack([n.x, n.y], axis=1)]] for n in nuclei]
-    _check_inside(outlines, shape, path)
-    return instance_masks(nuclei, shape)[1].astype(np.int32)
+    check_outlines(outlines, shape, path, [f"ROI {n.name}" for n in nuclei])
+    return rasterise_outlines(outlines, shape)
+
+
+def _roiset_bytes(path: Path) -> int:
+    """The bytes of a RoiSet's ``.roi`` files, unpacked (a zip's own record of its members), before reading any."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.glob("*.roi"))
+    if path.suffix.lower() != ".zip" or not zipfile.is_zipfile(path):
+        return path.stat().st_size if path.is_file() else 0  # read_roi_set names what is wrong
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(m.file_size for m in archive.infolist() if m.filename.lower().endswith(".roi"))
+    except zipfile.BadZipFile:
+        return path.stat().st_size  # read_roi_set names what is wrong

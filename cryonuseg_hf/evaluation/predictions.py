@@ -44,6 +44,7 @@ FORMATS: dict[str, str] = {
 _TILE_IN_NAME = re.compile(r"(?<![A-Za-z0-9])Human_([A-Za-z]+)_(\d{2})(?!\d)", re.IGNORECASE)
 _SPELLING_FIXES = {"thyreoidgland": "thyroidgland"}  # as in some released RoiSet names
 _CANONICAL = {t.lower(): t for t in TILE_IDS}
+_MAX_VALUES_PER_PIXEL = 4  # a header may declare a few channels or planes; more is not one tile's labels
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -51,26 +52,64 @@ _CANONICAL = {t.lower(): t for t in TILE_IDS}
 # ----------------------------------------------------------------------------------------------------------
 
 
-def read_prediction_labels(path: str | Path) -> np.ndarray:
+def _problem(error: Exception) -> str:
+    """What went wrong, in words: an OSError's text without its ``[Errno N]`` and path (the message names the
+    file), else the error's type and text."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"{type(error).__name__}: {error}"
+
+
+class _Refused(Exception):
+    """A readable file refused by a check (its message is the user's), as opposed to a decoder's failure."""
+
+
+def _check_declared(path: Path, declared: tuple[int, ...], shape: tuple[int, int] | None) -> None:
+    """Refuse, before decoding, an image whose header declares far more values than the tile has (a few
+    channels or planes are left to the checks after decoding, which say what is wrong with them)."""
+    values = float(np.prod(declared, dtype=np.float64))
+    if shape is not None and values > _MAX_VALUES_PER_PIXEL * shape[0] * shape[1]:
+        raise _Refused(
+            f"{path}: its header declares an image of shape {declared}, far larger than the "
+            f"{shape[0]}x{shape[1]} tile; give one label image per tile, at the tile's resolution"
+        )
+
+
+def _decode_image(path: Path, shape: tuple[int, int] | None) -> tuple[np.ndarray, str | None]:
+    """The pixels and PIL mode (None for a TIFF) of an image file, its header checked first."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            declared = tuple(tiff.series[0].shape)
+            _check_declared(path, declared, shape)
+            return tiff.asarray(), None
+    from PIL import Image
+
+    with Image.open(path) as image:
+        _check_declared(path, (image.height, image.width, len(image.getbands())), shape)
+        return np.asarray(image), image.mode
+
+
+def read_prediction_labels(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """An instance label image from a TIFF or PNG, any integer dtype; singleton axes are squeezed.
 
+    Args:
+        path: the file.
+        shape: the tile it predicts: a file whose header declares far more values than that is refused before
+            any decoding (a small file may claim a huge image). None: no such check.
+
     Raises:
-        ValueError: unreadable, more than one channel (e.g. an RGB overlay), or not integer labels; the message
-            names the file.
+        ValueError: unreadable, far larger than ``shape``, more than one channel (e.g. an RGB overlay), or not
+            integer labels; the message names the file.
     """
     path = Path(path)
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            array, mode = tifffile.imread(path), None
-        else:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                array, mode = np.asarray(image), image.mode
+        array, mode = _decode_image(path, shape)
+    except _Refused as refusal:
+        raise ValueError(str(refusal)) from None
     except Exception as error:  # PIL and tifffile raise many types for corrupt files
-        raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+        raise ValueError(f"{path}: not a readable image ({_problem(error)})") from None
     if mode in ("RGB", "RGBA", "CMYK", "LA", "YCbCr", "HSV"):
         raise ValueError(
             f"{path}: a {mode} picture, not an instance label image; save one integer id per pixel "
@@ -85,27 +124,84 @@ def read_prediction_labels(path: str | Path) -> np.ndarray:
     return as_label_image(array, str(path))
 
 
-def read_hovernet_mat(path: str | Path) -> np.ndarray:
-    """The ``inst_map`` of a HoVer-Net-style ``.mat`` file.
+def _mat_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """Name -> dimensions of each variable of a MATLAB v5 file, from the variables' headers alone: a compressed
+    variable is unpacked only as far as its header (scipy's ``whosmat`` unpacks all of it). None for other files
+    (v4, v7.3), which scipy reads and names."""
+    import struct
+    import zlib
+
+    shapes = {}
+    with path.open("rb") as handle:
+        header = handle.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return None
+        order = "<" if header[126:128] == b"IM" else ">"
+        if struct.unpack(order + "H", header[124:126])[0] != 0x0100:
+            return None
+        while len(tag := handle.read(8)) == 8:
+            kind, size = struct.unpack(order + "II", tag)
+            start = handle.tell()
+            if kind == 15:  # miCOMPRESSED: a zlib stream holding one miMATRIX element
+                body = zlib.decompressobj().decompress(handle.read(min(size, 1 << 16)), 4096)[8:]
+            else:
+                body = handle.read(min(size, 4096)) if kind == 14 else b""
+            if body:
+                name, dims = _matrix_header(body, order)
+                shapes[name] = dims
+            handle.seek(start + size + (0 if kind == 15 else -size % 8))
+    return shapes
+
+
+def _matrix_header(body: bytes, order: str) -> tuple[str, tuple[int, ...]]:
+    """The name and dimensions of a MATLAB v5 miMATRIX element, from the start of its body (array flags,
+    dimensions, name; each an element of its own, the small format included)."""
+    import struct
+
+    def element(at: int) -> tuple[bytes, int]:
+        kind, size = struct.unpack_from(order + "II", body, at)
+        if kind >> 16:  # small element: up to 4 bytes of data inside the tag
+            return body[at + 4 : at + 4 + (kind >> 16)], at + 8
+        return body[at + 8 : at + 8 + size], at + 8 + size + (-size % 8)
+
+    _, at = element(0)
+    dims, at = element(at)
+    name, _ = element(at)
+    return name.decode("latin1"), struct.unpack(f"{order}{len(dims) // 4}i", dims)
+
+
+def read_hovernet_mat(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The ``inst_map`` of a HoVer-Net-style ``.mat`` file (only that variable is read).
+
+    Args:
+        path: the file.
+        shape: the tile it predicts: an ``inst_map`` declared far larger is refused before it is read.
 
     Raises:
-        ValueError: unreadable (MATLAB v7.3 files are HDF5 and need re-saving with ``-v7``), or no ``inst_map``.
+        ValueError: unreadable (MATLAB v7.3 files are HDF5 and need re-saving with ``-v7``), no ``inst_map``, or
+            one far larger than ``shape``.
     """
-    from scipy.io import loadmat
+    from scipy.io import loadmat, whosmat
 
     path = Path(path)
     try:
-        contents = loadmat(path)
+        declared = _mat_shapes(path)
+        if declared is not None and "inst_map" in declared:
+            _check_declared(path, declared["inst_map"], shape)
+        contents = loadmat(path, variable_names=["inst_map"])
+        if "inst_map" not in contents:
+            found = sorted(declared) if declared is not None else sorted(n for n, _, _ in whosmat(path))
+    except _Refused as refusal:
+        raise ValueError(str(refusal)) from None
     except NotImplementedError:  # scipy's answer to v7.3 (HDF5) files
         raise ValueError(
             f"{path}: a MATLAB v7.3 (HDF5) file; save it with save(..., '-v7') or scipy.io.savemat"
         ) from None
     except Exception as error:
-        raise ValueError(f"{path}: not a readable .mat file ({type(error).__name__}: {error})") from None
+        raise ValueError(f"{path}: not a readable .mat file ({_problem(error)})") from None
     if "inst_map" not in contents:
-        keys = sorted(k for k in contents if not k.startswith("__"))
         raise ValueError(
-            f"{path}: no 'inst_map' variable (found {keys}); HoVer-Net writes the instances there"
+            f"{path}: no 'inst_map' variable (found {found}); HoVer-Net writes the instances there"
         )
     return as_label_image(np.squeeze(contents["inst_map"]), f"{path}: inst_map")
 
@@ -136,7 +232,7 @@ def read_prediction(
         return read_geojson_labels(path, shape, object_types)
     if kind == "roiset":
         return read_roiset_labels(path, shape)
-    labels = read_prediction_labels(path) if kind == "labels" else read_hovernet_mat(path)
+    labels = read_prediction_labels(path, shape) if kind == "labels" else read_hovernet_mat(path, shape)
     if labels.shape != tuple(shape):
         raise ValueError(
             f"{path}: labels of shape {labels.shape}, but the tile is {shape[0]}x{shape[1]}; predict at the "
