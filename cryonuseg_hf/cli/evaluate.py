@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryonuseg_hf.cli.options import add_overwrite, add_source, source
@@ -63,14 +67,52 @@ def add_parsers(sub) -> None:
     score.set_defaults(func=cmd_score)
 
 
+def _check_out_folder(out: Path) -> None:
+    """Refuse, before any work, an output folder that is a file, lies under one, or cannot be written in (it is
+    made when the results are written)."""
+    existing = out.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == out.absolute() else f"lies under {existing}, a file"
+        raise NotADirectoryError(f"--out {out}: {where}, not a folder; name a folder to write into")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"--out {out}: cannot write in {existing} ({error.strerror or error}); name a folder you can write to"
+        ) from None
+
+
+@contextlib.contextmanager
+def _release_named_as_given(given: Path) -> Iterator[Path]:
+    """Yield the folder of the release ``given`` names (a zip: its extraction, made once in a cache folder), and
+    have errors that name files of an extraction name them inside the zip (``release.zip: Annotator 2 .../x.tif``)
+    instead of in the cache folder."""
+    from cryonuseg_hf.data.release import extract_zip
+
+    folder = extract_zip(given) if given.is_file() else given
+    try:
+        yield folder
+    except (OSError, ValueError) as error:
+        text = str(error)
+        if folder == given or str(folder) not in text:
+            raise
+        shown = text.replace(f"{folder}{os.sep}", f"{given}: ").replace(str(folder), str(given))
+        raise (OSError if isinstance(error, OSError) else ValueError)(shown) from None
+
+
 def cmd_agreement(args: argparse.Namespace) -> int:
     from cryonuseg_hf.data.release import open_release
     from cryonuseg_hf.data.release_checks import check_release
     from cryonuseg_hf.reports.agreement import write_agreement
 
-    release = open_release(source(args))
-    check_release(release)  # scores of files that do not belong together would be silently wrong
-    agreement, paths = write_agreement(release, args.out)
+    _check_out_folder(args.out)
+    with _release_named_as_given(source(args)) as folder:
+        release = open_release(folder)
+        check_release(release)  # scores of files that do not belong together would be silently wrong
+        agreement, paths = write_agreement(release, args.out)
     for name, result in agreement.items():
         means = "  ".join(f"{k} {v:.4f}" for k, v in result["mean"].items())
         print(f"{name} ({result['prediction']} vs reference {result['reference']}): {means}")
@@ -82,16 +124,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     from cryonuseg_hf.evaluation.score import score_folder
     from cryonuseg_hf.reports.score import write_report
 
-    report = score_folder(
-        args.predictions,
-        source=args.source,
-        references=args.reference,
-        pattern=args.pattern,
-        object_types=args.object_type,
-        cv_metrics=args.cv,
-        allow_extra=args.ignore_unmatched,
-        name=args.name,
-    )
+    _check_out_folder(args.out)
+    with _release_named_as_given(source(args)) as folder:
+        report = score_folder(
+            args.predictions,
+            source=folder,
+            references=args.reference,
+            pattern=args.pattern,
+            object_types=args.object_type,
+            cv_metrics=args.cv,
+            allow_extra=args.ignore_unmatched,
+            name=args.name,
+        )
     paths = write_report(report, args.out, command=args.command_line, overwrite=args.overwrite)
     missing = ", ".join(report["missing"]) or "none"
     print(f"scored {len(report['tiles'])} tile(s) of {args.predictions}; missing: {missing}")

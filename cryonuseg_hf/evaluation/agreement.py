@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cryonuseg_hf.core.folds import fold_of, organ_of
+from cryonuseg_hf.core.tiles import TILE_SHAPE
 from cryonuseg_hf.evaluation.metrics import COUNTS, METRICS, score
 
 logger = logging.getLogger(__name__)
@@ -54,21 +56,36 @@ PAPER: dict[str, dict[str, float]] = {
 
 def read_markup(release, markup: str) -> dict[str, np.ndarray]:
     """tile id -> the released ``label masks modify`` instance mask of ``markup`` (uint16, 0 = background)."""
-    import tifffile
-
     try:
         files = release.markups[markup].variants[VARIANT]
     except KeyError:
         raise ValueError(
             f"{release.root}: mark-up {markup!r} has no '{VARIANT}' masks in this release"
         ) from None
-    masks = {}
-    for tile in release.tile_ids:
-        mask = tifffile.imread(files[tile])
-        if mask.ndim != 2:
-            raise ValueError(f"{files[tile]}: expected a 2-D instance mask, got shape {mask.shape}")
-        masks[tile] = mask
-    return masks
+    return {tile: _read_mask(Path(files[tile])) for tile in release.tile_ids}
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """One released mask; its header is checked against the tile before any pixel is decoded (a damaged file may
+    claim a huge image)."""
+    import tifffile
+
+    way_out = "replace it with a good copy of the release and run `cryonuseg-hf check`"
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            shape = tuple(tiff.series[0].shape)
+            mask = tiff.asarray() if shape == TILE_SHAPE else None
+    except OSError as error:
+        raise OSError(f"{path}: cannot be read ({error.strerror or error}); {way_out}") from None
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise ValueError(
+            f"{path}: not a readable TIFF mask ({type(error).__name__}: {error}); {way_out}"
+        ) from None
+    if mask is None:
+        raise ValueError(
+            f"{path}: a mask of shape {shape}, but a tile's mask is {TILE_SHAPE[0]}x{TILE_SHAPE[1]}; {way_out}"
+        )
+    return mask
 
 
 def _metrics(summary: dict[str, Any], suffix: str = "") -> dict[str, float]:
