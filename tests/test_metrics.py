@@ -385,3 +385,17 @@ def test_ties_among_small_ids_beside_huge_ids():
     truth = np.array([[1, 1, 1, 1, 0, 10**12]], dtype=np.int64)
     prediction = np.array([[4, 4, 3, 3, 0, 10**12]], dtype=np.int64)
     _expect(score_tile(truth, prediction), aji=(2 + 1) / (4 + 2 + 1), aji_plus=(2 + 1) / (4 + 2 + 1))
+
+
+def test_sparse_pairing_gives_the_dense_pairings_counts(real_pairs, monkeypatch):
+    # AJI+ pairs on a dense table for a tile's few hundred nuclei and on the overlapping pairs alone beyond; both
+    # must give every count the same, on the 30 real tile pairs (both orientations), on random disks and on ties.
+    from cryonuseg_hf.evaluation.nuclei_instance_metric import nuclei_metrics
+
+    tiles, references, predictions = real_pairs
+    pairs = [*zip(references, predictions, strict=True), *zip(predictions, references, strict=True)]
+    pairs += [(_disks(seed=300 + s, n=40), _disks(seed=400 + s, n=40)) for s in range(6)]
+    pairs += [(np.array([[1, 1, 1, 1, 0, 0, 0, 0]]), np.array([[5, 0, 7, 7, 7, 7, 7, 7]]))]
+    dense = [score_tile(t, p) for t, p in pairs]
+    monkeypatch.setattr(nuclei_metrics, "_DENSE_PAIRING_CELLS", 0)
+    assert [score_tile(t, p) for t, p in pairs] == dense

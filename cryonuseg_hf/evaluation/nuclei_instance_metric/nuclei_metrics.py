@@ -1,10 +1,9 @@
 """Dice, AJI, AJI+ and Panoptic Quality for nuclei instance segmentation, on plain numpy label images.
 
 Inputs are 2-D integer label images (numpy arrays or PIL images, any integer dtype), ``0`` = background and every
-other value one nucleus; ids need not be contiguous. Every metric of a tile comes from one sparse contingency table
-of the overlapping (true id, predicted id) pairs, so a 512x512 tile with a few hundred nuclei is scored in a few
-milliseconds, and memory grows with the pixels and the pairs, never with true x predicted nuclei (a 4000x4000 pair
-of 60,000 touching nuclei: a few seconds and under 300 MB).
+other value one nucleus; ids need not be contiguous. Every metric of a tile comes from the overlapping (true id,
+predicted id) pairs alone: a 512x512 tile is scored in milliseconds, and 60,000 touching nuclei in seconds and under
+300 MB (``results/metric_speed.json``).
 
 This file is the one source of these functions: it lives in the ``evaluate`` module's folder and needs only numpy
 and scipy, so the folder loads on its own (the Hub); ``cryonuseg_hf.evaluation.metrics`` re-exports it.
@@ -86,6 +85,9 @@ _HOVERNET_EPS = 1e-6
 # and under 64 MB (a 512x512 tile: 2 million bins).
 _DENSE_TABLE_FACTOR = 8
 _DENSE_TABLE_MAX = 1 << 23
+
+# AJI+ pairs on a dense table up to this many cells (16 MB), on the overlapping pairs alone beyond.
+_DENSE_PAIRING_CELLS = 1 << 20
 
 # first_pixels reads an image this many pixels at a time (a few MB, whatever the image size).
 _CHUNK_PIXELS = 1 << 20
@@ -274,11 +276,10 @@ def _equal_iou_in_a_component(row_of: np.ndarray, col_of: np.ndarray, iou: np.nd
 def _aji_plus_pairs(t_index, p_index, iou, t_first, p_first) -> np.ndarray:
     """For AJI+: the edges of a one-to-one pairing that maximises the total of ``iou``.
 
-    An edge whose two nuclei overlap nothing else is paired directly; the rest goes to :func:`_best_pairing`, which
-    works on the overlapping pairs alone (memory in proportion to them, not to true x predicted nuclei). When equal
-    IoUs within a group of overlapping nuclei could make several pairings optimal, the nuclei are first put in
-    raster order of their first pixels (``t_first(indices)``, ``p_first(indices)``), so the pairing does not
-    depend on the numbering.
+    An edge whose two nuclei overlap nothing else is paired directly; the rest goes to the Hungarian algorithm on a
+    dense table up to 16 MB, else to :func:`_best_pairing` on the pairs alone (both give the same pairings on all
+    CryoNuSeg tiles). When equal IoUs in a group of overlapping nuclei could make several pairings optimal, the
+    nuclei are first put in raster order (``t_first(indices)``, ``p_first(indices)``), whatever their numbering.
     """
     if t_index.size == 0:
         return np.zeros(0, dtype=np.intp)
@@ -293,7 +294,17 @@ def _aji_plus_pairs(t_index, p_index, iou, t_first, p_first) -> np.ndarray:
         if _equal_iou_in_a_component(row_of, col_of, iou[rest]):
             row_of = _raster_rank(t_first(rows))[row_of]
             col_of = _raster_rank(p_first(cols))[col_of]
-        chosen.append(rest[_best_pairing(row_of, col_of, iou[rest])])
+        if rows.size * cols.size <= _DENSE_PAIRING_CELLS:  # faster for a tile's few hundred nuclei
+            from scipy.optimize import linear_sum_assignment
+
+            weights = np.zeros((rows.size, cols.size))
+            weights[row_of, col_of] = iou[rest]
+            edge = np.full((rows.size, cols.size), -1, dtype=np.intp)
+            edge[row_of, col_of] = rest
+            picked = edge[linear_sum_assignment(weights, maximize=True)]
+            chosen.append(picked[picked >= 0])
+        else:
+            chosen.append(rest[_best_pairing(row_of, col_of, iou[rest])])
     return np.concatenate(chosen)
 
 
@@ -301,10 +312,9 @@ def _best_pairing(row_of: np.ndarray, col_of: np.ndarray, weight: np.ndarray) ->
     """Which edges (``row_of[k]``, ``col_of[k]``) form a one-to-one pairing of maximum total ``weight``, by the
     sparse Jonker-Volgenant solver (``scipy.sparse.csgraph.min_weight_full_bipartite_matching``) on the edges alone.
 
-    That solver pairs every node, so row ``i`` gets a stand-in column ``i'`` and column ``j`` a stand-in row ``j'``
-    (cost 2: the nucleus stays unpaired), each edge ``(i, j)`` costs ``3 - weight`` and has a twin ``j' - i'``
-    (cost 1) for the stand-ins of a pair: a pair costs ``4 - weight``, two unpaired nuclei 4, so the cheapest full
-    pairing holds the heaviest pairing (cheap twins make the solver fast: 0.7 s, not 14 s, for 60,000 nuclei).
+    That solver pairs every node, so row ``i`` gets a stand-in column ``i'``, column ``j`` a stand-in row ``j'``
+    (cost 2: unpaired), and edge ``(i, j)`` (cost ``3 - weight``) a twin ``j' - i'`` (cost 1): a pair costs
+    ``4 - weight``, two unpaired nuclei 4 (cheap twins make the solver fast: 0.7 s, not 14 s, for 60,000 nuclei).
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
@@ -450,18 +460,12 @@ def _score_one_reference(predictions, references, organs, folds, tile_ids) -> di
     organs = _check_per_tile(organs, "organs", n)
     folds = _check_per_tile(folds, "folds", n)
     tile_ids = _check_per_tile(tile_ids, "tile_ids", n)
+    given = {"tile_id": tile_ids, "organ": organs, "fold": None if folds is None else [int(f) for f in folds]}
     rows = []
     for k, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
         name = str(tile_ids[k]) if tile_ids is not None else f"tile {k}"
-        row: dict[str, Any] = {}
-        if tile_ids is not None:
-            row["tile_id"] = tile_ids[k]
-        if organs is not None:
-            row["organ"] = organs[k]
-        if folds is not None:
-            row["fold"] = int(folds[k])
-        row.update(score_tile(reference, prediction, name=name))
-        rows.append(row)
+        row: dict[str, Any] = {key: values[k] for key, values in given.items() if values is not None}
+        rows.append(row | score_tile(reference, prediction, name=name))
     result: dict[str, Any] = _summary(rows)
     result["per_tile"] = rows
     for key, values in (("organ", organs), ("fold", folds)):
