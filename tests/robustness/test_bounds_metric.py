@@ -400,3 +400,22 @@ def test_unreadable_prediction_file_without_errno(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as refusal:
         read_prediction(path)
     assert str(refusal.value) == f"{path}: not a readable image (Permission denied)"
+
+
+def test_metric_space_upload_claiming_a_huge_image(tmp_path):
+    """The metric Space's upload reader on a real predicted tile's PNG whose header claims 20000x4000: refused from
+    the header with the size and the limit, before decoding."""
+    import importlib.util
+
+    from cryonuseg_hf import METRIC_PATH
+
+    spec = importlib.util.spec_from_file_location("metric_space_app", METRIC_PATH / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    path = tmp_path / f"{TILE}.png"
+    path.write_bytes(_claimed_png(_prediction().astype(np.uint16), 20_000, 4_000))
+    with bounded(seconds=5, megabytes=20), pytest.raises(ValueError) as refusal:
+        app.read_labels(path)
+    assert f"{TILE}.png: a 4000x20000 image; the Space scores images of at most 64,000,000 pixels" in str(
+        refusal.value
+    )

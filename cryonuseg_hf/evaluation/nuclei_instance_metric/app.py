@@ -24,10 +24,28 @@ def load_metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(HERE / "nuclei_instance_metric.py"))
 
 
+MAX_PIXELS = 64_000_000
+"""The largest upload the Space decodes (8000x8000); score larger images with ``score`` of ``nuclei_metrics.py``."""
+
+
 def read_labels(path: str | Path) -> np.ndarray:
-    """A label image file as a 2-D array (16-bit PNG, 8/16/32-bit or whole-number float TIFF)."""
-    with Image.open(path) as image:
-        array = np.asarray(image)
+    """A label image file as a 2-D array (16-bit PNG, 8/16/32-bit or whole-number float TIFF); its size is read
+    from the header and checked before any pixel is decoded.
+
+    >>> read_labels(HERE / "README.md")
+    Traceback (most recent call last):
+    ValueError: README.md: not a readable image (UnidentifiedImageError)
+    """
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ValueError(
+                    f"{Path(path).name}: a {image.width}x{image.height} image; the Space scores images of at most "
+                    f"{MAX_PIXELS:,} pixels (score larger ones with score() of nuclei_metrics.py)"
+                )
+            array = np.asarray(image)
+    except (OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{Path(path).name}: not a readable image ({type(error).__name__})") from None
     if array.ndim != 2:
         raise ValueError(
             f"{Path(path).name}: expected a 2-D label image (one channel of nucleus ids), got shape {array.shape}; "
