@@ -440,6 +440,8 @@ def read_geojson_labels(
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a readable JSON file ({error})") from None
+    except RecursionError:  # lists nested thousands deep: no GeoJSON nests deeper than five
+        raise ValueError(f"{path}: JSON nested thousands of levels deep; not GeoJSON outlines") from None
     except OSError as error:
         raise OSError(f"{path}: cannot be read ({error.strerror or error})") from None
     nuclei, names = _geojson_nuclei(data, str(path), object_types)

@@ -419,3 +419,15 @@ def test_metric_space_upload_claiming_a_huge_image(tmp_path):
     assert f"{TILE}.png: a 4000x20000 image; the Space scores images of at most 64,000,000 pixels" in str(
         refusal.value
     )
+
+
+def test_geojson_nested_thousands_deep(tmp_path):
+    """A GeoJSON file of lists nested 100,000 deep (a few hundred kB): refused as not GeoJSON, naming the file,
+    instead of a RecursionError."""
+    from cryonuseg_hf.evaluation.predictions import read_prediction
+
+    path = tmp_path / f"{TILE}.geojson"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with bounded(seconds=5, megabytes=50), pytest.raises(ValueError) as refusal:
+        read_prediction(path)
+    assert str(refusal.value) == f"{path}: JSON nested thousands of levels deep; not GeoJSON outlines"
