@@ -86,18 +86,51 @@ def cv_beside(
     if not path.is_file():
         logger.warning("%s: no SegFormer CV results; the report leaves them out", path)
         return None
-    cv = json.loads(path.read_text())
+    cv = _read_cv(path)
     beside: dict[str, Any] = {"path": str(path), "command": cv.get("command")}
     for reference in references:
-        rows = cv.get("scores", {}).get(reference, {}).get("per_tile", {})
-        if isinstance(rows, list):  # CV records written before the CV report was the score report
-            rows = {row["tile_id"]: row for row in rows}
+        rows = _cv_rows(path, cv["scores"].get(reference) or {})
         lacking = [t for t in tiles if t not in rows]
         if lacking:
             logger.warning("%s: no CV score vs %s for %s; left out", path, reference, ", ".join(lacking[:3]))
             continue
         beside[reference] = summarise_tiles(rows, tiles)
     return beside
+
+
+_MAX_CV_BYTES = 64 * 2**20  # the CV's metrics.json is about 0.2 MB
+
+
+def _read_cv(path: Path) -> dict[str, Any]:
+    """A CV ``metrics.json``: its size checked before it is read, its layout after."""
+    way_out = "pass --cv the metrics.json of `cryonuseg-hf train --cv`, or --cv '' to leave the CV out"
+    if path.stat().st_size > _MAX_CV_BYTES:
+        raise ValueError(
+            f"{path}: {path.stat().st_size:,} bytes, not a CV metrics.json (about 0.2 MB); {way_out}"
+        )
+    try:
+        cv = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"{path}: not a readable JSON file ({error}); {way_out}") from None
+    if not isinstance(cv, dict) or not isinstance(cv.get("scores"), dict):
+        raise ValueError(f"{path}: not a CV metrics.json (no 'scores' per reference mark-up); {way_out}")
+    return cv
+
+
+def _cv_rows(path: Path, scores: Any) -> dict[str, Any]:
+    """tile id -> the CV's row of metrics, from a ``scores`` entry of a CV ``metrics.json`` (rows as a mapping, or
+    as the list that CV records written before the CV report was the score report hold)."""
+    rows = scores.get("per_tile", {}) if isinstance(scores, dict) else None
+    if isinstance(rows, list) and all(isinstance(row, dict) and "tile_id" in row for row in rows):
+        rows = {row["tile_id"]: row for row in rows}
+    if not isinstance(rows, dict) or not all(
+        isinstance(row, dict) and all(isinstance(row.get(m), int | float) for m in METRICS)
+        for row in rows.values()
+    ):
+        raise ValueError(
+            f"{path}: its per-tile CV scores are not rows of {', '.join(METRICS)}; is it a CV metrics.json?"
+        )
+    return rows
 
 
 def score_predictions(

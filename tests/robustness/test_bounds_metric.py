@@ -431,3 +431,19 @@ def test_geojson_nested_thousands_deep(tmp_path):
     with bounded(seconds=5, megabytes=50), pytest.raises(ValueError) as refusal:
         read_prediction(path)
     assert str(refusal.value) == f"{path}: JSON nested thousands of levels deep; not GeoJSON outlines"
+
+
+@pytest.mark.parametrize("kind", ["not-json", "a-list", "odd-rows"])
+def test_score_cv_file_that_is_not_cv_metrics(kind, release_path, tmp_path):
+    """score --cv naming a file that is not the CV's metrics.json (text, a JSON list, rows without metrics): refused
+    naming the file and the way out, exit 2 (was: a bare JSON error or an AttributeError reported as a bug)."""
+    cv = tmp_path / "metrics.json"
+    cv.write_text(
+        {"not-json": "not json", "a-list": "[1, 2]", "odd-rows": '{"scores": {"annotator2": 5}}'}[kind]
+    )
+    result = run_cli(
+        "score", PREDICTIONS, "--source", release_path, "--out", tmp_path / "report", "--cv", cv, "--reference",
+        "annotator2",
+    )  # fmt: skip
+    assert_user_error(result, f"{cv}: ")
+    assert not (tmp_path / "report").exists()
