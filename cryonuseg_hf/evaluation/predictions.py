@@ -13,6 +13,10 @@ Formats, chosen by extension (:data:`FORMATS`):
 Outlines (GeoJSON, RoiSets) are rasterised exactly as the dataset's own masks were made, in the coordinate frame
 of the CryoNuSeg ROIs and of ``cryonuseg-hf predict``'s exports (:mod:`cryonuseg_hf.data.outlines`).
 
+Every file is checked against its tile before it is decoded, so the work of reading it is known first: a label
+image's or ``inst_map``'s header may declare at most 4 values per tile pixel, and outlines are bounded by
+:func:`cryonuseg_hf.data.outlines.check_outlines`; beyond, the file is refused with its figure.
+
 A folder's files are matched to the 30 tiles by :func:`match_files` (each name holds a tile id such as
 ``Human_Larynx_01``) and read by :func:`read_predictions`; :mod:`cryonuseg_hf.evaluation.score` scores them.
 """
