@@ -10,6 +10,9 @@ and B; glass and fluorescence background are grey or black, H&E is pink and purp
   or None. ``cryonuseg-hf predict`` refuses such images unless told ``--allow-non-tissue``.
 - :func:`overview_problem`: why a slide is not H&E brightfield, judged on the tissue pixels of its overview
   (a fluorescence scan: its "tissue" is almost black, on black glass), or None; refused the same way.
+- :func:`channel_order_problem`: why an image looks like H&E with its red and blue channels swapped (BGR, as
+  OpenCV reads images), or None; part of :func:`tissue_problem`, and
+  :func:`cryonuseg_hf.model.predict.predict_instances` refuses such arrays.
 
 The thresholds were measured on the 30 CryoNuSeg tiles; the figures are in the docstrings that use them.
 """
@@ -30,6 +33,12 @@ DARK_BRIGHTNESS = 60
 """Below this mean brightness an image, or the tissue of a slide, is almost black."""
 MIN_TISSUE_FRACTION = 0.25
 """Below this fraction of content (or stained) pixels an image is not treated as a tissue image."""
+REVERSED_SCORE = -0.1
+"""An image whose :func:`blue_with_darkness` is below this (and whose darkest tenth is redder than the rest) looks
+channel-reversed. The 30 CryoNuSeg tiles score 0.246 to 0.815 (their reversed copies the negatives)."""
+JUDGED_PIXELS = 2**22
+"""Images are judged on an even subsample of at most about this many pixels, so the judgement costs the same
+on a tile and on a 16k x 16k image."""
 
 
 def brightness(rgb: np.ndarray) -> np.ndarray:
@@ -41,6 +50,12 @@ def colour(rgb: np.ndarray) -> np.ndarray:
     """(H, W) int16 ``max - min`` of R, G and B: 0 for white, grey and black, high for stained tissue."""
     rgb = np.asarray(rgb)
     return rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
+
+
+def _subsample(rgb: np.ndarray) -> np.ndarray:
+    """Every k-th row and column of ``rgb``, k chosen so that at most about ``JUDGED_PIXELS`` remain."""
+    step = max(1, int(np.ceil(np.sqrt(rgb.shape[0] * rgb.shape[1] / JUDGED_PIXELS))))
+    return rgb[::step, ::step]
 
 
 def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
@@ -88,7 +103,10 @@ def tissue_problem(image: np.ndarray) -> str | None:
     'almost black (mean brightness 0 of 255; the darkest CryoNuSeg tile has 89)'
     >>> tissue_problem(np.full((64, 64, 3), 250, np.uint8))
     'blank: 100 % of it is white background or glass (at most 29 % in the CryoNuSeg tiles)'
+
+    Large images are judged on an even subsample (``JUDGED_PIXELS``). Last, :func:`channel_order_problem`.
     """
+    image = _subsample(np.asarray(image))
     luminance = brightness(image)
     chroma = colour(image)
     content = luminance < GLASS_BRIGHTNESS
@@ -108,7 +126,58 @@ def tissue_problem(image: np.ndarray) -> str | None:
     stained = (content & (chroma > STAINED_COLOUR)).mean()
     if stained < MIN_TISSUE_FRACTION:
         return f"unstained: only {100 * stained:.0f} % of it looks like stained tissue (at least 67 % in every tile)"
-    return None
+    return channel_order_problem(image)
+
+
+def _stained_density(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Optical density (summed over R, G, B) of the stained pixels, and the red-minus-blue share of it."""
+    pixels = rgb[(brightness(rgb) < GLASS_BRIGHTNESS) & (colour(rgb) > STAINED_COLOUR)].astype(np.float32)
+    density = -np.log((pixels + 1.0) / 256.0)
+    total = density.sum(axis=-1)
+    return total, (density[:, 0] - density[:, 2]) / np.maximum(total, 1e-3)
+
+
+def blue_with_darkness(rgb: np.ndarray) -> tuple[float, float]:
+    """How much an image's stain turns blue where it is dark: the H&E sign that tells RGB from BGR.
+
+    Haematoxylin (nuclei, the darkest stain) absorbs red more than blue, eosin (cytoplasm, lighter) about
+    equally: over an H&E image's stained pixels, the more light a pixel absorbs, the larger the red share of
+    what it absorbs. Swapping red and blue negates both figures returned, so a reversed image scores the
+    negative of the original.
+
+    Returns:
+        (the correlation of a stained pixel's optical density with the red-minus-blue share of it, the mean
+        share of the darkest tenth minus the mean of all); (0, 0) for fewer than 100 stained pixels.
+        On the 30 CryoNuSeg tiles (checked by ``tests/robustness/test_bounds_predict.py``) the correlation is
+        0.246 (Human_Pleura_01) to 0.815 and the shift 0.021 to 0.119; of 202 H&E tiles of MoNuSeg and NuInsSeg
+        (human and mouse) 2 fall below ``REVERSED_SCORE`` with a negative shift (mouse subscapular muscle, few
+        nuclei).
+
+    >>> rgb = np.array([[[150, 80, 200], [200, 160, 210]] * 60], np.uint8)  # dark purple nuclei, light pink
+    >>> [round(v, 2) for v in blue_with_darkness(rgb)], [round(v, 2) for v in blue_with_darkness(rgb[..., ::-1])]
+    ([1.0, 0.05], [-1.0, -0.05])
+    """
+    total, red_share = _stained_density(_subsample(np.asarray(rgb)))
+    if total.size < 100 or total.std() == 0 or red_share.std() == 0:
+        return 0.0, 0.0
+    darkest = total >= np.percentile(total, 90)
+    shift = float(red_share[darkest].mean() - red_share.mean())
+    return float(np.corrcoef(total, red_share)[0, 1]), shift
+
+
+def channel_order_problem(rgb: np.ndarray) -> str | None:
+    """Why an image looks like H&E with red and blue swapped (BGR), or None (see :func:`blue_with_darkness`).
+
+    The model reads haematoxylin as purple: on a reversed image it finds few nuclei or none, and says nothing.
+    """
+    score, shift = blue_with_darkness(rgb)
+    if score >= REVERSED_SCORE or shift >= 0:
+        return None
+    return (
+        f"its channels look reversed (BGR, as OpenCV's imread gives): its darkest stain is red, where "
+        f"haematoxylin-stained nuclei are blue (score {score:.2f}; each CryoNuSeg tile scores 0.25 or more, its "
+        "reversed copy -0.25 or less): save or pass it as RGB (its channels reversed: image[..., ::-1])"
+    )
 
 
 def overview_problem(overview: np.ndarray, region: np.ndarray | None = None) -> str | None:
