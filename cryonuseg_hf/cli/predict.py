@@ -32,7 +32,12 @@ def add_parsers(sub) -> None:
     predict.add_argument("-o", "--output", type=Path, required=True, help="output folder (created)")
     add_model(predict, device=True)
     predict.add_argument(
-        "--tile-size", type=int_at_least(64), default=512, help="larger images are predicted in tiles"
+        "--tile-size",
+        type=int_at_least(64),
+        default=512,
+        help="larger images are predicted in windows of this side (the model was trained on 512); refused "
+        "before any runs when each window adds under a quarter of its side to the next (its side less twice "
+        "--margin, or less --overlap with --blend, on the model's grid): that runs a pixel over 16 times",
     )
     predict.add_argument(
         "--margin", type=int_at_least(0), default=64, help="context around each tile's core, pixels"
@@ -93,8 +98,19 @@ def add_parsers(sub) -> None:
     slides = predict.add_argument_group(
         "whole slides (.svs, .ndpi, .scn, .bif, pyramidal .tif): GeoJSON, CSV, overview PNG in level-0 pixels"
     )
-    slides.add_argument("--mpp", type=float, default=None, help="µm per level-0 pixel (default: the slide's)")
-    slides.add_argument("--roi", default=None, help="only this region: x,y,width,height in level-0 pixels")
+    slides.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="µm per level-0 pixel (default: the slide's); 0.1 to 2 is accepted, what brightfield scanners give "
+        "(40x: about 0.25, 20x: 0.5): pass it when a slide's metadata is wrong",
+    )
+    slides.add_argument(
+        "--roi",
+        default=None,
+        help="only this region: x,y,width,height in level-0 pixels (clipped to the slide, with a warning; "
+        "wholly outside it is an error)",
+    )
     slides.add_argument("--labels", action="store_true", help="also write a pyramidal label TIFF")
     slides.add_argument(
         "--block-size",

@@ -48,8 +48,8 @@ def predict_files(
             :func:`~cryonuseg_hf.model.predict.predict_instances`.
         max_pixels: as in :func:`~cryonuseg_hf.model.images.read_image`.
         progress: show a progress bar (tqdm) over images.
-        allow_non_tissue: predict images that :func:`tissue_problem` refuses (black, blank, grey, unstained),
-            with a logged warning, instead of failing them.
+        allow_non_tissue: predict images that :func:`tissue_problem` refuses (black, blank, grey, unstained,
+            channels reversed), with a logged warning, instead of failing them.
 
     Returns:
         ``(written, failures)``: input path -> {output kind -> path}, and input path -> error message.
@@ -96,6 +96,7 @@ def predict_files(
                 blend=blend,
                 overlap=overlap,
                 batch_size=batch_size,
+                allow_non_tissue=allow_non_tissue,
             )
             written[path] = write_outputs(image, labels, out_dir, path.stem, overwrite=overwrite)
         except (OSError, ValueError) as error:

@@ -37,6 +37,7 @@ import numpy as np
 from cryonuseg_hf.core.tiles import TILE_SIZE
 from cryonuseg_hf.model.images import as_rgb8, read_image
 from cryonuseg_hf.model.segformer import resolve_device
+from cryonuseg_hf.model.tissue import channel_order_problem
 
 logger = logging.getLogger(__name__)
 
@@ -300,8 +301,13 @@ def predict_instances(
     batch_size: int = 1,
     head: str = "stock",
     precision: str = "fp32",
+    allow_non_tissue: bool = False,
 ) -> np.ndarray:
     """Nuclei instance labels of an H&E image at 40x.
+
+    Refused before any work: an image whose colours look channel-reversed (BGR,
+    :func:`~cryonuseg_hf.model.tissue.channel_order_problem`), and tiles or blended windows whose stride makes each
+    pixel run through the model more than ``MAX_PASSES`` times (:func:`~cryonuseg_hf.model.tiling.check_window_work`).
 
     Args:
         image: an (H, W, 3) uint8 RGB array (grey, RGBA and 16-bit are converted), or a PNG/JPEG/TIFF path.
@@ -321,29 +327,34 @@ def predict_instances(
         overlap: least overlap of blended windows, pixels.
         batch_size: blended windows of one size run through the model together.
         head, precision: as in :func:`load_predictor` (ignored when ``model`` is a Predictor).
+        allow_non_tissue: predict an image whose colours look channel-reversed instead of refusing it.
 
     Returns:
         (H, W) int32 labels, 0 = background, 1..N one per nucleus.
+
+    Raises:
+        ValueError: the image looks channel-reversed, or the tiling is refused (the message says the fix).
 
     Example:
         >>> import cryonuseg_hf
         >>> labels = cryonuseg_hf.predict_instances("tile.png")  # doctest: +SKIP
     """
     from cryonuseg_hf.model.postprocess import probabilities_to_instances
-    from cryonuseg_hf.model.tiling import predict_tiled
+    from cryonuseg_hf.model.tiling import check_blend, predict_tiled
 
+    rgb = read_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb8(image)
+    problem = channel_order_problem(rgb)
+    if problem and not allow_non_tissue:
+        raise ValueError(f"not an RGB H&E image: {problem}, or pass allow_non_tissue=True if it is one")
     if isinstance(model, Predictor):
         predictor = model
     else:
         predictor = load_predictor(model, device, backend, threads, head=head, precision=precision)
-    if isinstance(image, (str, os.PathLike)):
-        rgb = read_image(image)
-    else:
-        rgb = as_rgb8(image)
     params = predictor.params if params is None else params
     # windows start on the model's sampling grid (stride 32 at its input), as the whole image would
     align = grid_step(predictor.input_scale)
     if blend:
+        check_blend(rgb.shape[:2], tile_size, overlap, align)
         label_block = blended_labeller(predictor, params, tile_size, overlap, batch_size, tta)
         return predict_tiled(rgb, label_block, tile_size=BLEND_BLOCK, margin=margin, align=align)
 

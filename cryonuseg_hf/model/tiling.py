@@ -7,6 +7,13 @@ Since the cores partition the image, every nucleus has exactly one owner, so not
 kept nucleus's centroid is at least ``margin`` pixels from any cut edge of its window, a nucleus smaller than
 ``margin`` is never cut. The cost is linear in the area, and memory holds one window plus the label image.
 
+The cost is known before any window runs: each pixel runs through the model about ``(window / stride)²`` times,
+where the stride is what a window adds (its core here; the step between blended windows in
+:mod:`cryonuseg_hf.model.blending`). :func:`check_window_work` refuses settings that run a pixel more than
+``MAX_PASSES`` times on an image that needs more than one window: a stride under a quarter of the window
+(``--tile-size 64 --margin 0`` on the 64 px grid of the shipped model owns a 1 px core per window: 16384 windows
+for a 128x128 image, where 4 would do).
+
 Two tiles can disagree slightly about a nucleus that straddles a core edge (each sees different context). The
 paste step guards against the two ways that could show: a nucleus that mostly covers an already pasted one is a
 duplicate and is dropped; otherwise it only takes pixels nobody has taken. Both are counted and logged.
@@ -15,12 +22,18 @@ duplicate and is dropped; otherwise it only takes pixels nobody has taken. Both 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+MAX_PASSES = 16
+"""The most times tiling may run each pixel through the model: a window's stride must be at least a quarter of its
+side. The defaults run a pixel about 2.5 times (512 px tiles with 64 px margins on a 64 px grid) or 1.3 times
+(512 px blended windows overlapping by 64)."""
 
 
 @dataclass(frozen=True)
@@ -31,13 +44,85 @@ class Tile:
     core: tuple[slice, slice]
 
 
+def check_window_work(
+    shape: tuple[int, int],
+    window: int,
+    stride: int,
+    settings: str,
+    least: Callable[[int], int],
+    count: int | None = None,
+) -> None:
+    """Refuse, before any window runs, windows whose stride makes the work far larger than the image needs.
+
+    Args:
+        shape: (rows, cols) of the image.
+        window: side of the windows.
+        stride: what each window adds to the covered image along an axis (a core, a step), pixels.
+        settings: the options that made them, as the user gave them (``"--tile-size 64 with --margin 0"``).
+        least: window side -> its stride with the other settings unchanged, to name the least useful window.
+        count: the number of windows, for the message (default: that of :func:`tile_grid`).
+
+    Raises:
+        ValueError: the stride is under 1 pixel, or the image is larger than one window and each pixel would run
+            more than ``MAX_PASSES`` times; the message gives the window count and the least window side.
+
+    >>> check_window_work((128, 128), 64, 1, "--tile-size 64 with --margin 0", lambda w: w - 63)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: --tile-size 64 with --margin 0 makes 16384 windows for this 128x128 image, each pixel run ...
+    """
+    passes = (window / stride) ** 2 if stride > 0 else math.inf
+    if passes <= MAX_PASSES or (stride > 0 and max(shape) <= window):
+        return
+    side = next(w for w in range(window, 1 << 20) if 4 * least(w) >= w)
+    fix = (
+        f"use a window side (--tile-size) of at least {side} px with these settings (the model was trained on "
+        "512 px tiles, the default)"
+    )
+    if stride < 1:
+        raise ValueError(f"{settings} leaves windows that add nothing to each other: {fix}")
+    if count is None:
+        count = math.prod(1 if n <= window else math.ceil(n / stride) for n in shape)
+    raise ValueError(
+        f"{settings} makes {count} windows for this {shape[1]}x{shape[0]} image, each pixel run through the model "
+        f"about {passes:.0f} times (each window adds {stride} px of its {window}; at most {MAX_PASSES} runs a "
+        f"pixel are allowed, a stride of a quarter of the window): {fix}"
+    )
+
+
+def check_blend(shape: tuple[int, int], window: int, overlap: int, align: int) -> None:
+    """Refuse blended windows (:mod:`cryonuseg_hf.model.blending`) that make the work explode, before any runs.
+
+    Their stride is the step between windows, ``window - overlap`` rounded down to the grid ``align`` as
+    :func:`cryonuseg_hf.model.blending.window_grid` steps; the rule is :func:`check_window_work`.
+    """
+
+    def step(side: int) -> int:
+        return (side - overlap) // align * align
+
+    settings = f"--tile-size {window} with --overlap {overlap} (windows start on the model's {align} px grid)"
+    count = None
+    if step(window) >= 1:
+        count = math.prod(
+            1 if n <= window else -(-((n - window) // align * align) // step(window)) + 1 for n in shape
+        )
+    check_window_work(shape, window, step(window), settings, step, count)
+
+
+def core_size(tile_size: int, margin: int, align: int) -> int:
+    """Side of the core a tile owns: the window less a margin on each side, less ``align - 1`` pixels, since
+    window starts are rounded down to the model's grid and may lose that much of the context after the core.
+
+    >>> core_size(512, 64, 64)
+    321
+    """
+    return tile_size - 2 * margin - (align - 1)
+
+
 def _axis_tiles(n: int, tile_size: int, margin: int, align: int) -> list[tuple[int, int, int, int]]:
     """(window start, window stop, core start, core stop) along one axis of length ``n``."""
     if n <= tile_size:
         return [(0, n, 0, n)]
-    # window starts are rounded down to a multiple of `align`, which may cost up to align - 1 pixels of the
-    # context after the core: the core is shortened by that much so the margin holds on both sides
-    core = tile_size - 2 * margin - (align - 1)
+    core = core_size(tile_size, margin, align)
     n_cores = -(-n // core)
     edges = np.round(np.linspace(0, n, n_cores + 1)).astype(int)
     last_start = (n - tile_size) // align * align
@@ -53,7 +138,13 @@ def _axis_tiles(n: int, tile_size: int, margin: int, align: int) -> list[tuple[i
     return spans
 
 
-def tile_grid(shape: tuple[int, int], tile_size: int = 512, margin: int = 64, align: int = 1) -> list[Tile]:
+def tile_grid(
+    shape: tuple[int, int],
+    tile_size: int = 512,
+    margin: int = 64,
+    align: int = 1,
+    name: str = "--tile-size",
+) -> list[Tile]:
     """The tiles of an image of ``shape`` (rows, cols): one tile when it fits in ``tile_size``.
 
     Args:
@@ -62,17 +153,26 @@ def tile_grid(shape: tuple[int, int], tile_size: int = 512, margin: int = 64, al
         margin: context on each side of a core, at least, except at the image border.
         align: window starts are multiples of this, so that a window samples the image on the same grid as
             the whole image would (pass the model's stride: SegFormer's is 32 pixels of its input).
+        name: the option that set ``tile_size``, for the message of :func:`check_window_work` (``--block-size``
+            for a slide's blocks).
+
+    Raises:
+        ValueError: ``margin`` < 0 or ``align`` < 1, or windows refused by :func:`check_window_work` (the core, see
+            :func:`core_size`, is their stride).
 
     >>> [t.core for t in tile_grid((100, 100), tile_size=512)]
     [(slice(0, 100, None), slice(0, 100, None))]
     >>> len(tile_grid((1024, 1000), tile_size=512, margin=64, align=32))
     9
     """
-    if align < 1 or margin < 0 or tile_size - 2 * margin - (align - 1) < 1:
-        raise ValueError(
-            f"tile_size {tile_size} must exceed twice the margin {margin} plus align - 1 ({align - 1}), "
-            "with margin >= 0 and align >= 1"
-        )
+    if align < 1 or margin < 0:
+        raise ValueError(f"the margin must be >= 0 and the grid step >= 1, got {margin} and {align}")
+    settings = f"{name} {tile_size} with --margin {margin}"
+    if align > 1:
+        settings += f" (windows start on the model's {align} px grid)"
+    check_window_work(
+        shape, tile_size, core_size(tile_size, margin, align), settings, lambda w: core_size(w, margin, align)
+    )
     rows = _axis_tiles(shape[0], tile_size, margin, align)
     cols = _axis_tiles(shape[1], tile_size, margin, align)
     return [
