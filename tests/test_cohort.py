@@ -72,8 +72,8 @@ def test_find_slides_reads_folders_globs_and_lists(cohort, tmp_path):
     slides, others = find_slides([folder])
     assert [p.name for p in slides] == [f"slide_{k}.tif" for k in range(GOOD)] + ["slide_cut.tif"]
     assert others == []
-    # alone, a damaged TIFF is left to the image reader (which reports it), not taken for a slide
-    assert find_slides([folder / "slide_cut.tif"]) == ([], [folder / "slide_cut.tif"])
+    # alone too, a truncated pyramidal TIFF is a slide (its first page points to its levels), reported as damaged
+    assert find_slides([folder / "slide_cut.tif"]) == ([folder / "slide_cut.tif"], [])
     assert [p.name for p in find_slides([str(folder / "slide_[1-3].tif")])[0]] == [
         "slide_1.tif",
         "slide_2.tif",

@@ -76,37 +76,16 @@ def find_slides(items: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Pa
     are skipped); a glob pattern (``"scans/**/*.svs"``, quoted so that the shell leaves it to us); or a ``.txt``
     file listing such items one per line (relative to the list's folder; blank lines and ``#`` comments are
     skipped). Each slide comes once, in the order found. A pattern that matches nothing is kept as a path that
-    does not exist, so that it is reported as such. A damaged TIFF (:func:`damaged_tiff`) found beside slides
-    counts as a slide: most likely it is one, and the slide reader says what is wrong with it.
+    does not exist, so that it is reported as such. A truncated pyramidal TIFF is a slide
+    (:func:`~cryonuseg_hf.model.slides.reader.is_slide`), and the slide reader says that it is damaged.
     """
     slides: list[Path] = []
     others: list[Path] = []
-    damaged: list[Path] = []
     for path in _expand(items):
-        target = slides if is_slide(path) else damaged if damaged_tiff(path) else others
+        target = slides if is_slide(path) else others
         if path not in target:
             target.append(path)
-    if slides:
-        return slides + damaged, others
-    return slides, others + damaged
-
-
-def damaged_tiff(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a TIFF that cannot be read whole: its header is not TIFF, or its pages point past its
-    end (a truncated download or copy)."""
-    path = Path(path)
-    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
-        return False
-    import numpy as np
-    import tifffile
-
-    size = path.stat().st_size
-    try:
-        with tifffile.TiffFile(path) as tif:
-            ends = [np.add(page.dataoffsets, page.databytecounts).max(initial=0) for page in tif.pages]
-    except Exception:  # tifffile raises many kinds for a damaged file
-        return True
-    return any(int(end) > size for end in ends)
+    return slides, others
 
 
 def _expand(items: Iterable[str | os.PathLike], base: Path | None = None) -> Iterator[Path]:

@@ -31,8 +31,9 @@ from cryonuseg_hf.model.slides.blocks import BLOCK_SIZE, BlockNuclei, SlideStats
 from cryonuseg_hf.model.slides.outputs import slide_output_paths, write_nuclei
 from cryonuseg_hf.model.slides.overview import count_centroids, write_overview
 from cryonuseg_hf.model.slides.reader import Slide, open_slide
-from cryonuseg_hf.model.slides.roi import Roi
+from cryonuseg_hf.model.slides.roi import Roi, clip_roi, roi_shape
 from cryonuseg_hf.model.slides.tissue_map import TissueMap, tissue_map
+from cryonuseg_hf.model.tiling import check_blend, tile_grid
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def predict_slide(
         model: a checkpoint folder, a :class:`cryonuseg_hf.model.predict.Predictor`, None for the shipped one, or a
             function RGB window -> instance labels (a stand-in model).
         mpp: µm per level-0 pixel, overriding the slide's metadata.
-        roi: (x, y, width, height) in level-0 pixels: predict only there.
+        roi: (x, y, width, height) in level-0 pixels: predict only there (clipped to the slide, with a
+            warning; a region wholly outside it is an error).
         labels: also write a pyramidal label TIFF (uint32, the model's frame; built from a chunked store on
             disk, so memory stays bounded).
         overwrite: replace existing outputs.
@@ -95,7 +97,10 @@ def predict_slide(
 
     Raises:
         FileNotFoundError, ValueError: see :func:`~cryonuseg_hf.model.slides.reader.open_slide`; ValueError
-            also when the slide is not H&E (unless ``allow_non_tissue``); FileExistsError: outputs exist.
+            also when the slide is not H&E (unless ``allow_non_tissue``), ``roi`` lies outside it, or the blocks,
+            tiles or windows make each pixel run more than ``MAX_PASSES`` times
+            (:func:`cryonuseg_hf.model.tiling.check_window_work`), all before the tissue is searched; FileExistsError:
+            outputs exist.
     """
     path = Path(path)
     out_dir = ensure_writable_folder(out_dir)
@@ -106,7 +111,9 @@ def predict_slide(
     if existing and not overwrite:
         raise FileExistsError(f"{path}: outputs exist already ({', '.join(existing)}); pass --overwrite")
     slide = open_slide(path, mpp=mpp, max_pixels=max_pixels)
+    roi = clip_roi(roi, slide.dimensions, path) if roi is not None else None
     predict_tile, backend_name, align = _tile_predictor(model, device, backend, threads, tta, align)
+    _check_work(slide, roi, tile_size, margin, align, block_size, overlap if blend else None)
     label_block = None
     if blend:
         predictor = model if isinstance(model, Predictor) else load_predictor(model, device, backend, threads)
@@ -148,6 +155,34 @@ def predict_slide(
         write_overview(twins["overview"], tissue, density, summary)
         twins["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_work(
+    slide: Slide,
+    roi: Roi | None,
+    tile_size: int,
+    margin: int,
+    align: int,
+    block_size: int,
+    overlap: int | None,
+) -> None:
+    """Refuse blocks, tiles or blended windows that would make the work explode, before the tissue is searched.
+
+    The rule is :func:`cryonuseg_hf.model.tiling.check_window_work`, for the blocks over the slide (or its ROI) and for
+    the windows of one block (``overlap``: blended windows; None: tiles that own their nuclei).
+    """
+    region = slide.shape if roi is None else roi_shape(roi, slide.per_level0)
+    block = (min(block_size, region[0]), min(block_size, region[1]))
+    try:
+        tile_grid(region, tile_size=block_size, margin=margin, align=align, name="--block-size")
+        if overlap is None:
+            tile_grid(block, tile_size=tile_size, margin=margin, align=align)
+        else:
+            check_blend(block, tile_size, overlap, align)
+    except ValueError as error:
+        raise ValueError(
+            f"{slide.path} (read in blocks of {block[1]}x{block[0]} model pixels): {error}"
+        ) from None
 
 
 def _tile_predictor(

@@ -6,8 +6,9 @@ reads with; it reads pyramids stored as SubIFDs, which OpenSlide's generic-TIFF 
 native library). The slide's µm/px comes from its metadata (or ``mpp``); the level read for the model is the one
 closest to the model's ``MODEL_MPP``, used as it is when within ``MPP_TOLERANCE`` and resampled to ``MODEL_MPP``
 otherwise (:func:`read_model_region`). A slide of one level (no pyramid) is read when it is no larger than a plain
-image may be. Truncated files, larger one-level files, slides without µm/px and unsupported formats are errors that
-name the file and the way out.
+image may be. Truncated or damaged files, larger one-level files, slides without µm/px or with one outside
+``MPP_RANGE``, slides larger than a glass slide, and unsupported formats are errors that name the file and the way
+out.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ MODEL_MPP = 0.2505
 (``microns_per_pixel`` in ``Selected_WSIs.xlsx``: 29 slides, 0.2265..0.254; Human_Testes_01's is missing)."""
 MPP_TOLERANCE = 0.1
 """A level within 10 % of ``MODEL_MPP`` is read as it is; otherwise it is resampled to ``MODEL_MPP``."""
+MPP_RANGE = (0.1, 2.0)
+"""µm per level-0 pixel a brightfield slide scanner plausibly gives: 0.1 is finer than light resolves (about
+0.2 µm with an oil objective; 40x scanners give 0.22 to 0.27, 80x about 0.12), 2.0 a 5x scan, where a nucleus is
+3 or 4 pixels wide and the model, trained at 0.25, would have to upsample it 8x. Outside it, the metadata is wrong
+(a file tagged 25 or 0.001 µm/px) or the scan holds nothing the model can read; ``--mpp`` overrides a wrong tag."""
+MAX_SLIDE_MM = 80.0
+"""Longest side, in mm, of a slide's level 0 at its µm/px: a glass slide is 75 x 25 mm (75 x 50 for a double one),
+so a larger extent means a wrong µm/px."""
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif")
 """Always slides; a ``.tif``/``.tiff`` is a slide when it holds a pyramid (see :func:`is_slide`)."""
 UNSUPPORTED_SUFFIXES = {
@@ -82,7 +91,9 @@ def is_slide(path: str | os.PathLike) -> bool:
     """Whether :func:`open_slide` (not :func:`cryonuseg_hf.model.images.read_image`) should read ``path``.
 
     Slide formats by suffix (also those tiffslide cannot read, so that they get its clear error), and TIFF
-    files that hold more than one resolution level. A missing file is not a slide.
+    files that hold more than one resolution level, or whose first page points to reduced-resolution pages
+    (SubIFDs, as ``vips`` and :func:`~cryonuseg_hf.model.slides.pyramid.write_pyramid` store a pyramid), so that
+    a truncated pyramidal TIFF is reported as a damaged slide. A missing file is not a slide.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -94,9 +105,29 @@ def is_slide(path: str | os.PathLike) -> bool:
 
     try:
         with tifffile.TiffFile(path) as tif:
+            if "SubIFDs" in tif.pages.first.tags:  # read before the series, which a truncated file breaks
+                return True
             return len(tif.series[0].levels) > 1
     except Exception:  # unreadable TIFFs are reported by read_image, which reads them as plain images
         return False
+
+
+def _damage(path: Path) -> str | None:
+    """Why a TIFF-based file is damaged (its pages do not parse, or point past its end), or None."""
+    import tifffile
+
+    with open(path, "rb") as handle:
+        if handle.read(2) not in (b"II", b"MM"):
+            return None  # not a TIFF at all: not damaged, another format
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ends = [int(np.add(p.dataoffsets, p.databytecounts).max(initial=0)) for p in tif.pages]
+    except Exception as error:  # tifffile raises many kinds for a damaged file
+        return f"its TIFF structure does not parse ({type(error).__name__}: {error})"
+    if max(ends, default=0) > size:
+        return f"its pixels need {max(ends)} bytes, the file has {size}"
+    return None
 
 
 def open_slide(path: str | os.PathLike, mpp: float | None = None, max_pixels: int = MAX_PIXELS) -> Slide:
@@ -133,6 +164,11 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, max_pixels: in
             dimensions = reader.level_dimensions
             properties = reader.properties
     except Exception as error:  # tifffile raises TiffFileError, tiffslide its own types, numcodecs others
+        damage = _damage(path)
+        if damage:
+            raise ValueError(
+                f"{path}: truncated or damaged slide file: {damage}; download or copy it again"
+            ) from None
         raise ValueError(
             f"{path}: not a slide tiffslide can read ({type(error).__name__}: {error}); {_CONVERT_HINT}"
         ) from None
@@ -156,7 +192,44 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, max_pixels: in
                 "--mpp (mpp=...) with the scanner's µm per level-0 pixel, e.g. 0.25 for a 40x scan, 0.5 for 20x"
             )
         mpp_xy = (float(mpp_xy[0]), float(mpp_xy[1]))
+    check_mpp(path, mpp_xy, dimensions[0], given=mpp is not None)
     return _choose_level(path, reader, mpp_xy)
+
+
+def check_mpp(path: Path, mpp: tuple[float, float], size: tuple[int, int], given: bool = False) -> None:
+    """Refuse a µm/px outside ``MPP_RANGE``, or one that makes level 0 (``size``, width x height) larger than a
+    glass slide (``MAX_SLIDE_MM``), before any pixel is read.
+
+    Args:
+        path: the slide, for the message.
+        mpp: µm per level-0 pixel (x, y).
+        size: (width, height) of level 0.
+        given: ``mpp`` came from the caller (``--mpp``), not from the slide's metadata.
+
+    >>> check_mpp(Path("a.svs"), (25.0, 25.0), (1024, 1024))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: a.svs: its metadata says 25 µm per pixel, outside the 0.1 to 2 µm/px of brightfield scanners ...
+    """
+    low, high = MPP_RANGE
+    source = "--mpp gives" if given else "its metadata says"
+    way_out = (
+        "pass the scanner's µm per level-0 pixel as --mpp (mpp=...)" if given else
+        "if the file is wrong, pass the scanner's µm per level-0 pixel with --mpp (mpp=...), e.g. 0.25 for a "
+        "40x scan, 0.5 for 20x"
+    )  # fmt: skip
+    for value in mpp:
+        if not low <= value <= high:
+            raise ValueError(
+                f"{path}: {source} {value:.4g} µm per pixel, outside the {low:g} to {high:g} µm/px of brightfield "
+                f"scanners (finer than light resolves, or too coarse to show nuclei: the model reads "
+                f"{MODEL_MPP} µm/px, and this would resample the slide {value / MODEL_MPP:.3g}x); {way_out}"
+            )
+    width_mm, height_mm = size[0] * mpp[0] / 1000, size[1] * mpp[1] / 1000
+    if max(width_mm, height_mm) > MAX_SLIDE_MM:
+        raise ValueError(
+            f"{path}: {size[0]}x{size[1]} pixels at {mpp[0]:.4g} µm/px would be {width_mm:.0f} x {height_mm:.0f} mm, "
+            f"larger than a glass slide ({MAX_SLIDE_MM:g} mm at most); {way_out}"
+        )
 
 
 def _check_complete(path: Path, reader: Any) -> None:

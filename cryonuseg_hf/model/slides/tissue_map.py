@@ -3,7 +3,8 @@
 The overview is read from the coarsest level fine enough, in strips, each pixel the mean colour of its block; a
 pixel is tissue by :func:`cryonuseg_hf.model.tissue.tissue_pixels` (the rule images are judged by too). Holes are
 filled, specks under ``TISSUE_MIN_PIXELS`` dropped, and the mask grown by one overview pixel. Whether that tissue
-is H&E at all is judged on the same overview (:func:`cryonuseg_hf.model.tissue.overview_problem`).
+is H&E at all is judged on the same overview (:func:`cryonuseg_hf.model.tissue.overview_problem`), inside the ROI
+and over the whole slide: a fluorescence slide is refused whatever part of it is asked for.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class TissueMap:
         overview: (h, w, 3) uint8, the mean colour of each overview pixel.
         per_level0: overview pixels per level-0 pixel (x, y).
         mpp: µm per overview pixel (x, y).
-        problem: why the tissue (inside the ROI) does not look like H&E brightfield, or None.
+        problem: why the tissue (inside the ROI, or of the whole slide) does not look like H&E brightfield, or None.
     """
 
     mask: np.ndarray
@@ -82,4 +83,6 @@ def tissue_map(slide: Slide, roi: Roi | None = None, strip_bytes: int = 64 * 2**
     if region is not None:
         mask &= region
     mpp = (slide.mpp[0] / per_level0[0], slide.mpp[1] / per_level0[1])
-    return TissueMap(mask, overview, per_level0, mpp, overview_problem(overview, region))
+    # a fluorescence slide is one whatever the ROI, which may hold none of its glowing "tissue"
+    problem = overview_problem(overview, region) or overview_problem(overview)
+    return TissueMap(mask, overview, per_level0, mpp, problem)
