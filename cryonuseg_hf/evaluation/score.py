@@ -199,11 +199,12 @@ def score_folder(
     if unknown:
         raise ValueError(f"unknown mark-up(s) {unknown}; choose from {known}")
     matched = match_files(folder, pattern, allow_extra)
-    release = None
-    if masks is None:
-        release = open_release(source if source is not None else default_source())
+    release = open_release(source if source is not None else default_source()) if masks is None else None
+    predictions = read_predictions(
+        matched, TILE_SHAPE, object_types
+    )  # the user's files first: each is checked
+    if release is not None:
         masks = {m: read_markup(release, m) for m in MARKUPS}
-    predictions = read_predictions(matched, TILE_SHAPE, object_types)
     tiles = list(predictions)
     if matched.missing:
         logger.warning(
