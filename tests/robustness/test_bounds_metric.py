@@ -368,9 +368,13 @@ def test_score_out_under_a_file(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["agreement", "score"])
-def test_release_zip_problems_name_the_zip(command, release, tmp_path):
+def test_release_zip_problems_name_the_zip(command, release, tmp_path, monkeypatch):
     """agreement / score --source a zip lacking the mark-ups: the problems name the zip (and the members inside
     it), never the cache folder it was unpacked into."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cache"))  # the zip is unpacked under tmp_path
+    (tmp_path / "cache").mkdir()
     members = {
         f"tissue images/{p.name}": p.read_bytes() for p in sorted(release.images.values())[:2]
     }  # a release zip without its annotation folders
@@ -379,7 +383,8 @@ def test_release_zip_problems_name_the_zip(command, release, tmp_path):
     extra = [PREDICTIONS] if command == "score" else []
     result = run_cli(command, *extra, "--source", archive, "--out", tmp_path / "out")
     assert_user_error(result, f"{archive}: not a complete CryoNuSeg release")
-    assert "cryonuseg_hf-releases" not in result.err and "Errno" not in result.err
+    assert str(tmp_path / "cache") not in result.err and "Errno" not in result.err
+    assert (tmp_path / "cache" / "cryonuseg_hf-releases").is_dir()  # unpacked there, named as the zip
     assert not (tmp_path / "out").exists()
 
 
