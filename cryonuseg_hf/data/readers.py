@@ -23,6 +23,33 @@ from cryonuseg_hf.data.metadata import read_slide_metadata
 from cryonuseg_hf.data.release import RELEASED_VARIANTS, Release, ReleaseError
 from cryonuseg_hf.data.rois import Nucleus, read_roi_set
 
+MAX_VALUES_PER_TILE_PIXEL = 4
+"""A released file's header may declare a few values per tile pixel (RGB(A) copies of a mask); more is not a tile."""
+
+
+class _TooLarge(ValueError):
+    """A header that declares far more than a tile: the message is the user's, not a decoder's failure."""
+
+
+def _check_header(path: Path, declared: tuple[int, ...]) -> None:
+    """Refuse, before decoding, a file whose header declares far more values than a tile holds (a small damaged
+    file can claim a huge image)."""
+    if float(np.prod(declared, dtype=np.float64)) > MAX_VALUES_PER_TILE_PIXEL * TILE_SHAPE[0] * TILE_SHAPE[1]:
+        raise _TooLarge(
+            f"{path}: its header declares an image of shape {tuple(declared)}, far larger than a "
+            f"{TILE_SHAPE[0]}x{TILE_SHAPE[1]} tile: the file is damaged or not one of the release's"
+        )
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        if not tiff.series:
+            return np.empty((0,), np.uint8)
+        _check_header(path, tuple(tiff.series[0].shape))
+        return tiff.asarray()
+
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A released mask file: ``.tif`` label masks as uint16, ``.png`` binaries and maps as uint8, 2-D.
@@ -34,16 +61,21 @@ def read_mask(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such mask file")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+    if path.suffix.lower() in (".tif", ".tiff"):
+        reader = _read_tiff
+    else:
 
-            array = tifffile.imread(path)
-        else:
+        def reader(path: Path) -> np.ndarray:
             from PIL import Image
 
             with Image.open(path) as image:
-                array = np.asarray(image)
+                _check_header(path, (image.height, image.width, len(image.getbands())))
+                return np.asarray(image)
+
+    try:
+        array = reader(path)
+    except _TooLarge:
+        raise
     except Exception as error:  # decoders raise many types for corrupt files
         raise ValueError(f"{path}: unreadable mask image ({type(error).__name__}: {error})") from None
     if (
@@ -59,10 +91,10 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def read_tile_image(path: Path) -> np.ndarray:
     """A released tile as a checked 512x512x3 uint8 array; ``ValueError`` naming the file otherwise."""
-    import tifffile
-
     try:
-        image = tifffile.imread(path)
+        image = _read_tiff(path)
+    except _TooLarge:
+        raise
     except Exception as error:  # tifffile raises many types for corrupt files
         raise ValueError(f"{path}: unreadable TIFF ({type(error).__name__}: {error})") from None
     if image.size == 0:  # tifffile returns an empty array, with a logged warning, for some damaged files
@@ -113,7 +145,10 @@ def read_released_map(path: Path) -> ReleasedMask:
     try:
         with Image.open(io.BytesIO(data)) as image:
             mode, size = image.mode, image.size
+            _check_header(path, (image.height, image.width, len(image.getbands())))
             array = np.asarray(image)
+    except _TooLarge:
+        raise
     except UnidentifiedImageError:
         raise ValueError(f"{path}: unreadable PNG (not a PNG image)") from None
     except Exception as error:  # PIL raises many types for corrupt files

@@ -72,6 +72,10 @@ def _sort_key(member: str) -> tuple[str, str]:
     return (member.upper(), member)
 
 
+MAX_OVAL_SIDE = 2**16
+"""The widest oval ROI read (its polygon has about one vertex per pixel of perimeter)."""
+
+
 def _decode(data: bytes, name: str, where: str) -> Nucleus:
     """One ``.roi`` payload -> :class:`Nucleus`; ``where`` names the file (and member) for errors."""
     from roifile import ROI_TYPE, ImagejRoi
@@ -100,6 +104,12 @@ def _decode(data: bytes, name: str, where: str) -> Nucleus:
             left, top, right, bottom = roi.left, roi.top, roi.right, roi.bottom
         if roi.roitype == ROI_TYPE.OVAL:
             roi_type = "oval"
+            sides = (right - left, bottom - top)
+            if not all(np.isfinite(sides)) or max(sides) > MAX_OVAL_SIDE:
+                raise RoiError(
+                    f"{where}: oval of {sides[0]:.6g} x {sides[1]:.6g} px; a nucleus oval is at most "
+                    f"{MAX_OVAL_SIDE} px across (the file is damaged or not a nucleus outline)"
+                )
             # About one vertex per pixel of perimeter, at least 32: the polygon follows the ellipse to well
             # under a tenth of a pixel for nucleus-sized ovals.
             n = max(33, int(np.ceil(np.pi * ((right - left) + (bottom - top)) / 2)) + 1)

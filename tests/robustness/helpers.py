@@ -10,8 +10,10 @@ import contextlib
 import io
 import os
 import shutil
+import struct
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,3 +154,22 @@ def bounded(seconds: float, megabytes: float):
             tracemalloc.stop()
     assert cost.seconds < seconds, f"took {cost.seconds:.1f} s, bound {seconds} s"
     assert cost.peak_mb < megabytes, f"allocated {cost.peak_mb:.0f} MB at the peak, bound {megabytes} MB"
+
+
+def claimed_tiff(array: np.ndarray, height: int, width: int) -> bytes:
+    """TIFF bytes of ``array`` whose header claims ``height`` x ``width``."""
+    import tifffile
+
+    buffer = io.BytesIO(tiff_bytes(array))
+    with tifffile.TiffFile(buffer, mode="r+b") as tiff:
+        tiff.pages[0].tags["ImageWidth"].overwrite(width)
+        tiff.pages[0].tags["ImageLength"].overwrite(height)
+    return buffer.getvalue()
+
+
+def claimed_png(array: np.ndarray, height: int, width: int) -> bytes:
+    """PNG bytes of ``array`` whose IHDR claims ``height`` x ``width`` (CRC fixed)."""
+    data = bytearray(png_bytes(array))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)

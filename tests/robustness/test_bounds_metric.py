@@ -9,11 +9,8 @@ as GeoJSON and RoiSets, and the released masks; only the bounds themselves are m
 
 from __future__ import annotations
 
-import io
 import json
-import struct
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +19,9 @@ import pytest
 from robustness.helpers import (
     assert_user_error,
     bounded,
+    claimed_png,
+    claimed_tiff,
     mirror_release,
-    png_bytes,
     replace_file,
     run_cli,
     tiff_bytes,
@@ -285,25 +283,6 @@ def test_roiset_zip_bomb(tmp_path):
 # ------------------------------------------------------------------------------------------------ label files
 
 
-def _claimed_tiff(array: np.ndarray, height: int, width: int) -> bytes:
-    """TIFF bytes of ``array`` whose header claims ``height`` x ``width``."""
-    import tifffile
-
-    buffer = io.BytesIO(tiff_bytes(array))
-    with tifffile.TiffFile(buffer, mode="r+b") as tiff:
-        tiff.pages[0].tags["ImageWidth"].overwrite(width)
-        tiff.pages[0].tags["ImageLength"].overwrite(height)
-    return buffer.getvalue()
-
-
-def _claimed_png(array: np.ndarray, height: int, width: int) -> bytes:
-    """PNG bytes of ``array`` whose IHDR claims ``height`` x ``width`` (CRC fixed)."""
-    data = bytearray(png_bytes(array))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 @pytest.mark.parametrize("kind", ["tif", "png"])
 def test_label_file_claiming_a_huge_image(kind, tmp_path):
     """A real predicted tile saved as a label image whose header claims 100000x100000 (TIFF) or 20000x4000 (PNG,
@@ -313,7 +292,7 @@ def test_label_file_claiming_a_huge_image(kind, tmp_path):
     labels = _prediction().astype(np.uint16)
     path = tmp_path / f"{TILE}.{kind}"
     claim = (100_000, 100_000) if kind == "tif" else (20_000, 4_000)
-    path.write_bytes(_claimed_tiff(labels, *claim) if kind == "tif" else _claimed_png(labels, *claim))
+    path.write_bytes(claimed_tiff(labels, *claim) if kind == "tif" else claimed_png(labels, *claim))
     with bounded(seconds=5, megabytes=20), pytest.raises(ValueError) as refusal:
         read_prediction(path)
     assert f"{path}: its header declares an image of shape ({claim[0]}, {claim[1]}" in str(refusal.value)
@@ -339,7 +318,7 @@ def test_released_mask_claiming_a_huge_image(release, release_path, tmp_path):
     root = mirror_release(release.root, tmp_path / "release")
     mask = root / release.markups["annotator2"].variants["label_masks_modify"][TILE].relative_to(release.root)
     labels = _prediction().astype(np.uint16)
-    replace_file(mask, _claimed_tiff(labels, 100_000, 100_000))
+    replace_file(mask, claimed_tiff(labels, 100_000, 100_000))
     with bounded(seconds=60, megabytes=400):
         result = _score(PREDICTIONS, tmp_path, root, "--pattern", "*.png")
     assert_user_error(result, str(mask), "a mask of shape (100000, 100000), but a tile's mask is 512x512")
@@ -418,7 +397,7 @@ def test_metric_space_upload_claiming_a_huge_image(tmp_path):
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
     path = tmp_path / f"{TILE}.png"
-    path.write_bytes(_claimed_png(_prediction().astype(np.uint16), 20_000, 4_000))
+    path.write_bytes(claimed_png(_prediction().astype(np.uint16), 20_000, 4_000))
     with bounded(seconds=5, megabytes=20), pytest.raises(ValueError) as refusal:
         app.read_labels(path)
     assert f"{TILE}.png: a 4000x20000 image; the Space scores images of at most 64,000,000 pixels" in str(

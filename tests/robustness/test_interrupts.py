@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.robustness.helpers import run_cli
+from robustness.helpers import run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "cryonuseg_hf" / "examples"
 
@@ -116,7 +116,7 @@ SEGFORMER = {"config.json": b'{"model_type": "segformer"}'}
 def test_train_init_that_is_not_a_segformer(tmp_path, files, fragment):
     """train --init naming something that is not a SegFormer start point: refused at once, before any data is
     read, naming the folder and what a start point is (was: a traceback after a minute of work)."""
-    from tests.robustness.helpers import assert_user_error, bounded
+    from robustness.helpers import assert_user_error, bounded
 
     init = tmp_path / "missing" if files is None else _folder(tmp_path, files)
     with bounded(seconds=20, megabytes=200):
