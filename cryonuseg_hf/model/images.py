@@ -106,12 +106,21 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
                 )
             page = series.pages[0] if series.pages else tif.pages.first
             colour = _tiff_colour(path, page)
-            array = series.asarray()
+            try:
+                array = series.asarray()
+            except ValueError as error:  # tifffile's errors for damaged or cut data are ValueErrors
+                raise ValueError(f"{path}: damaged or truncated TIFF ({error})") from None
     except ValueError:
         raise
     except Exception as error:  # tifffile raises TiffFileError, struct.error, OSError on damaged files
         raise ValueError(f"{path}: unreadable TIFF ({type(error).__name__}: {error})") from None
     kept = "".join(a for a, n in zip(axes, shape, strict=True) if a in "YXS" or n > 1)
+    if array.size != np.prod(
+        shape, dtype=np.int64
+    ):  # tifffile returns what it could decode of a damaged file
+        raise ValueError(
+            f"{path}: damaged or truncated TIFF (its header declares {tuple(shape)}, {array.size} values decoded)"
+        )
     array = array.reshape([n for a, n in zip(axes, shape, strict=True) if a in kept])
     if "S" in kept and kept.index("S") < kept.index("Y"):
         array = np.moveaxis(array, kept.index("S"), -1)  # planar RGB -> (H, W, S)

@@ -263,6 +263,20 @@ def test_truncated_png(tile, tmp_path):
     ).exists()
 
 
+@pytest.mark.parametrize("layout", [{}, {"tile": (128, 128)}], ids=["strips", "tiles"])
+def test_truncated_tiff(tile, tmp_path, layout):
+    """A plain TIFF (strips or tiles) cut at 60 %: named as damaged or truncated, the other images go on (was:
+    tifffile's 'cannot be reshaped' without the file)."""
+    good, bad = tmp_path / "in" / "good.png", tmp_path / "in" / "bad.tif"
+    good.parent.mkdir()
+    good.write_bytes(png_bytes(tile))
+    data = tiff_bytes(tile, **layout)
+    bad.write_bytes(data[: int(len(data) * 0.6)])
+    result = _predict(tmp_path / "in", "-o", tmp_path / "out")
+    assert_user_error(result, f"failed: {bad}: damaged or truncated TIFF", code=1)
+    assert (tmp_path / "out" / "good_nuclei.csv").is_file()
+
+
 def test_text_file_named_png(tmp_path):
     """A text file named .png: 'not an image'."""
     path = tmp_path / "notes.png"
