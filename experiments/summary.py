@@ -59,7 +59,12 @@ def row(name: str, metrics: dict) -> list[str]:
             if config.get("contact_weight")
             else ""
         )
-        + (", trained on all three mark-ups" if config.get("all_markups") else ""),
+        + (", trained on all three mark-ups" if config.get("all_markups") else "")
+        + (
+            f", centre class (fraction {config['centre_fraction']:g}, seeds the watershed)"
+            if config.get("centre_fraction")
+            else ""
+        ),
         f"{config['steps']} x {config['batch_size']}x{config['crop']}², lr {config['lr']}"
         + (f", weights averaged (EMA {config['ema_decay']:g})" if config.get("ema_decay") else "")
         + (f", weights of {config['soup']} seeds averaged" if config.get("soup", 1) > 1 else "")
