@@ -26,6 +26,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "tests" / "robustness"
+BOUNDED_MARK = "bounded:"
+"""The line ``tests/robustness/helpers.bounded`` prints with what a block used."""
 COMMAND = "python benchmarks/robustness_report.py"
 
 
@@ -50,6 +52,8 @@ def run_suite() -> tuple[list[dict], float]:
             "-q",
             "-p",
             "no:cacheprovider",
+            "-o",
+            "junit_logging=system-out",
             str(SUITE),
             f"--junitxml={report}",
         ]
@@ -65,12 +69,19 @@ def run_suite() -> tuple[list[dict], float]:
                 outcome = {"failure": "FAIL", "error": "ERROR", "skipped": "skipped"}[tag]
         seconds = float(case.get("time", 0))
         total += seconds
+        out = case.find("system-out")
+        costs = [
+            line.split(BOUNDED_MARK, 1)[1].strip()
+            for line in (out.text or "").splitlines()
+            if out is not None and line.startswith(BOUNDED_MARK)
+        ]
         cases.append(
             {
                 "file": case.get("classname", "").rsplit(".", 1)[-1],
                 "name": case.get("name"),
                 "outcome": outcome,
                 "seconds": seconds,
+                "bounded": "; ".join(costs),
             }
         )
     return cases, total
@@ -122,7 +133,9 @@ def relations(source: Path | None = None) -> dict[str, object]:
     }
 
 
-def markdown(cases: list[dict], total: float, measured: dict, notes: dict[str, str]) -> str:
+def markdown(
+    cases: list[dict], total: float, measured: dict, notes: dict[str, str], load_before: float
+) -> str:
     from cryonuseg_hf.data.release_checks import MAX_NUCLEUS_CONTRAST, MIN_MARKUP_DICE, MIN_OWN_LABEL_FRACTION
 
     passed = sum(c["outcome"] == "pass" for c in cases)
@@ -134,7 +147,7 @@ def markdown(cases: list[dict], total: float, measured: dict, notes: dict[str, s
         "",
         f"Command: `{COMMAND}` (runs `pytest tests/robustness`, writes this file). "
         f"{datetime.date.today().isoformat()}, {platform.machine()} {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; load average {load:.1f} at the end (other jobs were running).",
+        f"{platform.python_version()}; load average {load_before:.1f} before the suite, {load:.1f} at the end.",
         "",
         f"**{len(cases)} kinds tried, {passed} behave as required** (suite time {total:.0f} s). Each kind is a "
         "test in `tests/robustness/` that makes its bad input from the real release or a real tile (damaged "
@@ -168,14 +181,17 @@ def markdown(cases: list[dict], total: float, measured: dict, notes: dict[str, s
         "",
         "## Kinds",
         "",
-        "| # | suite file | kind | what is tried, and what must happen | outcome | s |",
-        "|---|---|---|---|---|---|",
+        "A kind whose point is the cost of the work asserts a bound on its time and on the peak of its Python and "
+        "numpy allocations (`tests/robustness/helpers.bounded`); the last column gives what it used and the bound.",
+        "",
+        "| # | suite file | kind | what is tried, and what must happen | outcome | s | used (bounds) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for i, case in enumerate(cases, start=1):
         base = case["name"].split("[", 1)[0]
         lines.append(
             f"| {i} | {case['file']} | `{case['name']}` | {notes.get(base, '').replace('|', '/')} | "
-            f"{case['outcome']} | {case['seconds']:.1f} |"
+            f"{case['outcome']} | {case['seconds']:.1f} | {case['bounded']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -184,9 +200,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "results" / "robustness.md")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     cases, total = run_suite()
     measured = relations()
-    args.out.write_text(markdown(cases, total, measured, docstrings()))
+    args.out.write_text(markdown(cases, total, measured, docstrings(), load_before))
     failed = [c["name"] for c in cases if c["outcome"] not in ("pass", "skipped")]
     print(f"{len(cases)} kinds, {len(cases) - len(failed)} as required -> {args.out}")
     if failed:

@@ -117,6 +117,10 @@ def copy_checkpoint(target: Path) -> Path:
     return target
 
 
+BOUNDED_MARK = "bounded:"
+"""How :func:`bounded` prints what a block used, for ``benchmarks/robustness_report.py`` to read back."""
+
+
 @dataclass
 class Cost:
     """What a bounded block used: wall-clock seconds and the peak of Python and numpy allocations in MB."""
@@ -134,7 +138,8 @@ def bounded(seconds: float, megabytes: float):
     they tell "refused or done at once" from "worked for minutes / asked for gigabytes", not one speed from another.
     Tracing makes Python allocations slow (importing ``transformers`` under it takes about a minute): import the
     heavy modules a case needs before the block, or let a first, untraced call import them.
-    Yields a :class:`Cost` filled in when the block ends (also when it raises).
+    Yields a :class:`Cost` filled in when the block ends (also when it raises), and prints it (one line starting
+    with :data:`BOUNDED_MARK`) when the block ends normally.
     """
     import tracemalloc
 
@@ -152,6 +157,7 @@ def bounded(seconds: float, megabytes: float):
         cost.peak_mb = (tracemalloc.get_traced_memory()[1] - base) / 2**20
         if not tracing:
             tracemalloc.stop()
+    print(f"{BOUNDED_MARK} {cost.seconds:.2f} s, {cost.peak_mb:.0f} MB (bounds {seconds} s, {megabytes} MB)")
     assert cost.seconds < seconds, f"took {cost.seconds:.1f} s, bound {seconds} s"
     assert cost.peak_mb < megabytes, f"allocated {cost.peak_mb:.0f} MB at the peak, bound {megabytes} MB"
 
