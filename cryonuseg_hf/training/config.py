@@ -224,7 +224,13 @@ def make_config(recipe_fields: dict[str, Any], overrides: dict[str, Any]) -> Tra
         if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
             values[name] = float(values[name])  # YAML reads 5 as an int; the record keeps floats
     if "class_weights" in values:
-        values["class_weights"] = tuple(float(w) for w in values["class_weights"])
+        weights = values["class_weights"]
+        try:
+            values["class_weights"] = tuple(float(w) for w in weights)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"class_weights {weights!r}: expected a list of numbers, one per class"
+            ) from None
     return validate_config(TrainConfig(**values))
 
 
