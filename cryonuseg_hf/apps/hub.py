@@ -100,16 +100,20 @@ def push_dataset(
         the URL of the commit.
 
     Raises:
-        ValueError: ``folder`` is not a build made by :func:`cryonuseg_hf.data.build.build`.
+        ValueError: ``folder`` is not a build made by :func:`cryonuseg_hf.data.build.build`, or a config's data
+            files hold another mark-up's rows (:func:`cryonuseg_hf.data.parquet.check_build`).
+        FileNotFoundError: a data file the card names is missing.
         ConnectionError: offline mode is on, or the Hub cannot be reached.
     """
     from cryonuseg_hf.data.build import is_build
+    from cryonuseg_hf.data.parquet import check_build
 
     folder = Path(folder)
     if not folder.is_dir() or not is_build(folder):
         raise ValueError(
             f"{folder}: not a dataset folder made by `cryonuseg-hf build` (README.md and Parquet)"
         )
+    check_build(folder)  # a data file of another mark-up under a config's name would publish wrong rows
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE:
         raise ConnectionError(
             f"cannot push {folder} to {repo_id}: HF_HUB_OFFLINE is set; unset it on a machine with network"

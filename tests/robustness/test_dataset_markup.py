@@ -95,6 +95,20 @@ def test_swapped_parquet_files(copy, caplog):
     )
 
 
+def test_push_of_a_build_with_swapped_files(copy, monkeypatch):
+    """`push` of a build whose annotator2 file holds annotator1_round2's rows: refused naming the file before any
+    connection is tried, so wrong rows are never published."""
+    a, b = copy / "annotator1_round2" / PARQUET, copy / "annotator2" / PARQUET
+    b.unlink()
+    b.write_bytes(a.read_bytes())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # were the check skipped, push would try the network
+    assert_user_error(
+        run_cli("push", str(copy), "--repo-id", "someone/cryonuseg"),
+        f"{b}: the card gives this file to config 'annotator2'",
+        "its rows are mark-up annotator1_round2",
+    )
+
+
 def test_one_row_of_another_markup(copy, built, caplog):
     """annotator2's file with one row (Human_Skin_02) taken from annotator1_round1's file: load_dataset is refused
     at that row, and `check` names the file, the config and the mark-up found."""
