@@ -17,8 +17,9 @@ from robustness.helpers import run_cli
 EXAMPLES = Path(__file__).resolve().parents[2] / "cryonuseg_hf" / "examples"
 
 
-def _interrupt(argv: list[str], after: float, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Start ``cryonuseg-hf argv``, send SIGINT (Ctrl-C) ``after`` seconds later; (exit code, stderr)."""
+def _interrupt(argv: list[str], ready, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Start ``cryonuseg-hf argv``, send SIGINT (Ctrl-C) once ``ready()`` is true (polled; at most 120 s);
+    (exit code, stderr)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "cryonuseg_hf.cli", *argv],
         stdout=subprocess.DEVNULL,
@@ -26,7 +27,9 @@ def _interrupt(argv: list[str], after: float, env: dict[str, str] | None = None)
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
-    time.sleep(after)
+    deadline = time.monotonic() + 120
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     return process.returncode, err
@@ -45,14 +48,16 @@ def _sets(folder: Path) -> dict[str, set[str]]:
 
 
 def test_ctrl_c_in_predict(tmp_path):
-    """Ctrl-C while predict works through 12 images: exit 130, one line and no traceback, every image's output
+    """Ctrl-C while predict works through 12 images (once the second is written): exit 130, one line and no traceback, every image's output
     set whole or absent, and no staging folder left behind."""
     images = tmp_path / "images"
     images.mkdir()
     for k in range(12):
         shutil.copy(EXAMPLES / "Human_Larynx_01.png", images / f"tile_{k:02d}.png")
     out = tmp_path / "out"
-    code, err = _interrupt(["predict", str(images), "-o", str(out)], after=12.0)
+    code, err = _interrupt(
+        ["predict", str(images), "-o", str(out)], ready=lambda: (out / "tile_01_nuclei.csv").exists()
+    )
     assert code == 130, err[-2000:]
     assert "Traceback" not in err and "interrupted" in err, err[-2000:]
     written = _sets(out) if out.exists() else {}
@@ -66,7 +71,11 @@ def test_ctrl_c_in_build(tmp_path, release_path):
     """Ctrl-C while build decodes the release: exit 130, one line and no traceback (the worker processes
     included), and no output folder or staging folder left."""
     out = tmp_path / "built"
-    code, err = _interrupt(["build", "--source", str(release_path), "--out", str(out)], after=4.0)
+    started = time.monotonic()
+    code, err = _interrupt(
+        ["build", "--source", str(release_path), "--out", str(out)],
+        ready=lambda: any(tmp_path.glob(".built.partial-*")) or time.monotonic() - started > 4,
+    )
     assert code == 130, err[-2000:]
     assert "Traceback" not in err and "interrupted" in err, err[-2000:]
     assert not out.exists()
