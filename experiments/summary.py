@@ -64,6 +64,11 @@ def row(name: str, metrics: dict) -> list[str]:
             f", centre class (fraction {config['centre_fraction']:g}, seeds the watershed)"
             if config.get("centre_fraction")
             else ""
+        )
+        + (
+            f", class weights {' '.join(f'{w:g}' for w in config['class_weights'])}"
+            if list(config.get("class_weights", (1, 1, 2))) != [1, 1, 2]
+            else ""
         ),
         f"{config['steps']} x {config['batch_size']}x{config['crop']}², lr {config['lr']}"
         + (f", weights averaged (EMA {config['ema_decay']:g})" if config.get("ema_decay") else "")
