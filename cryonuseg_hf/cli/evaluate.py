@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from cryonuseg_hf.cli.options import add_overwrite, add_source, source
+from cryonuseg_hf.core.files import check_can_create
 
 
 def add_parsers(sub) -> None:
@@ -67,24 +67,6 @@ def add_parsers(sub) -> None:
     score.set_defaults(func=cmd_score)
 
 
-def _check_out_folder(out: Path) -> None:
-    """Refuse, before any work, an output folder that is a file, lies under one, or cannot be written in (it is
-    made when the results are written)."""
-    existing = out.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == out.absolute() else f"lies under {existing}, a file"
-        raise NotADirectoryError(f"--out {out}: {where}, not a folder; name a folder to write into")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise PermissionError(
-            f"--out {out}: cannot write in {existing} ({error.strerror or error}); name a folder you can write to"
-        ) from None
-
-
 @contextlib.contextmanager
 def _release_named_as_given(given: Path) -> Iterator[Path]:
     """Yield the folder of the release ``given`` names (a zip: its extraction, made once in a cache folder), and
@@ -108,7 +90,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     from cryonuseg_hf.data.release_checks import check_release
     from cryonuseg_hf.reports.agreement import write_agreement
 
-    _check_out_folder(args.out)
+    check_can_create(args.out)  # before any work: the results are written there at the end
     with _release_named_as_given(source(args)) as folder:
         release = open_release(folder)
         check_release(release)  # scores of files that do not belong together would be silently wrong
@@ -124,7 +106,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from cryonuseg_hf.evaluation.score import score_folder
     from cryonuseg_hf.reports.score import write_report
 
-    _check_out_folder(args.out)
+    check_can_create(args.out)  # before any work: the results are written there at the end
     with _release_named_as_given(source(args)) as folder:
         report = score_folder(
             args.predictions,

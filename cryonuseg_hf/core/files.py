@@ -278,28 +278,29 @@ def free_bytes(path: str | os.PathLike) -> int:
 
 
 def check_can_create(path: str | os.PathLike) -> Path:
-    """Check, before any work, that ``path`` (a file or folder not made yet) can be created: its nearest existing
-    ancestor is a folder that takes a new file. Returns that ancestor.
+    """Check, before any work, that the folder ``path`` takes new files: it is a folder that does, or it can be
+    made (its nearest existing ancestor is a folder that takes a new file). Returns that folder or ancestor.
 
     Raises:
-        NotADirectoryError: an ancestor is a file.
-        PermissionError: the ancestor folder takes no new file (permissions, a read-only disk).
+        NotADirectoryError: ``path`` or an ancestor is a file.
+        PermissionError: the folder takes no new file (permissions, a read-only disk).
     """
     path = Path(path).absolute()
-    existing = path.parent
+    existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    made = existing == path
     if not existing.is_dir():
-        raise NotADirectoryError(f"{path}: cannot be created, {existing} is a file, not a folder")
+        where = "is a file" if made else f"cannot be created, {existing} is a file"
+        raise NotADirectoryError(f"{path}: {where}, not a folder; name a folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         problem = error.strerror or str(error)
         hint = _HINTS.get(error.errno, "write elsewhere")
-        raise PermissionError(
-            f"{path}: cannot be created, {existing} takes no new file ({problem}; {hint})"
-        ) from None
+        where = "takes no new file" if made else f"cannot be created, {existing} takes no new file"
+        raise PermissionError(f"{path}: {where} ({problem}; {hint})") from None
     return existing
 
 

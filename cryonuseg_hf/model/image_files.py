@@ -96,7 +96,7 @@ def predict_files(
                 blend=blend,
                 overlap=overlap,
                 batch_size=batch_size,
-                allow_non_tissue=allow_non_tissue,
+                allow_non_tissue=True,  # judged above by tissue_problem, which holds the channel-order rule
             )
             written[path] = write_outputs(image, labels, out_dir, path.stem, overwrite=overwrite)
         except (OSError, ValueError) as error:

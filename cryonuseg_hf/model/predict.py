@@ -343,8 +343,8 @@ def predict_instances(
     from cryonuseg_hf.model.tiling import check_blend, predict_tiled
 
     rgb = read_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb8(image)
-    problem = channel_order_problem(rgb)
-    if problem and not allow_non_tissue:
+    problem = None if allow_non_tissue else channel_order_problem(rgb)
+    if problem:
         raise ValueError(f"not an RGB H&E image: {problem}, or pass allow_non_tissue=True if it is one")
     if isinstance(model, Predictor):
         predictor = model

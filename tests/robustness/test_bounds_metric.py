@@ -334,7 +334,7 @@ def test_agreement_out_is_a_file(tmp_path):
     out.write_text("mine")
     with bounded(seconds=5, megabytes=50):
         result = run_cli("agreement", "--out", out)
-    assert_user_error(result, f"--out {out}: is a file, not a folder")
+    assert_user_error(result, f"{out}: is a file, not a folder")
     assert "Errno" not in result.err and out.read_text() == "mine"
 
 
@@ -342,7 +342,7 @@ def test_score_out_under_a_file(tmp_path):
     """score --out under a file: refused at once, naming the file in the way, without an errno."""
     (tmp_path / "taken").write_text("mine")
     result = run_cli("score", PREDICTIONS, "--out", tmp_path / "taken" / "report")
-    assert_user_error(result, f"lies under {tmp_path / 'taken'}, a file, not a folder")
+    assert_user_error(result, f"cannot be created, {tmp_path / 'taken'} is a file, not a folder")
     assert "Errno" not in result.err and result.seconds < 5
 
 
