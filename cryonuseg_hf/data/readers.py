@@ -24,20 +24,29 @@ from cryonuseg_hf.data.release import RELEASED_VARIANTS, Release, ReleaseError
 from cryonuseg_hf.data.rois import Nucleus, read_roi_set
 
 MAX_VALUES_PER_TILE_PIXEL = 4
-"""A released file's header may declare a few values per tile pixel (RGB(A) copies of a mask); more is not a tile."""
+"""A header may declare a few values per tile pixel (channels, planes); more is not one tile's image."""
 
 
-class _TooLarge(ValueError):
+class HeaderTooLarge(ValueError):
     """A header that declares far more than a tile: the message is the user's, not a decoder's failure."""
 
 
-def _check_header(path: Path, declared: tuple[int, ...]) -> None:
-    """Refuse, before decoding, a file whose header declares far more values than a tile holds (a small damaged
-    file can claim a huge image)."""
-    if float(np.prod(declared, dtype=np.float64)) > MAX_VALUES_PER_TILE_PIXEL * TILE_SHAPE[0] * TILE_SHAPE[1]:
-        raise _TooLarge(
-            f"{path}: its header declares an image of shape {tuple(declared)}, far larger than a "
-            f"{TILE_SHAPE[0]}x{TILE_SHAPE[1]} tile: the file is damaged or not one of the release's"
+def check_declared(
+    path: Path,
+    declared: tuple[int, ...],
+    shape: tuple[int, int] = TILE_SHAPE,
+    advice: str = "the file is damaged or not one of the release's",
+) -> None:
+    """Refuse, before decoding, a file whose header declares far more values than a tile of ``shape`` holds (a
+    small damaged file can claim a huge image); a few channels or planes are left to the checks after decoding.
+
+    Raises:
+        HeaderTooLarge: naming the file, the declared shape and ``advice``.
+    """
+    if float(np.prod(declared, dtype=np.float64)) > MAX_VALUES_PER_TILE_PIXEL * shape[0] * shape[1]:
+        raise HeaderTooLarge(
+            f"{path}: its header declares an image of shape {tuple(declared)}, far larger than the "
+            f"{shape[0]}x{shape[1]} tile; {advice}"
         )
 
 
@@ -47,7 +56,7 @@ def _read_tiff(path: Path) -> np.ndarray:
     with tifffile.TiffFile(path) as tiff:
         if not tiff.series:
             return np.empty((0,), np.uint8)
-        _check_header(path, tuple(tiff.series[0].shape))
+        check_declared(path, tuple(tiff.series[0].shape))
         return tiff.asarray()
 
 
@@ -69,12 +78,12 @@ def read_mask(path: str | Path) -> np.ndarray:
             from PIL import Image
 
             with Image.open(path) as image:
-                _check_header(path, (image.height, image.width, len(image.getbands())))
+                check_declared(path, (image.height, image.width, len(image.getbands())))
                 return np.asarray(image)
 
     try:
         array = reader(path)
-    except _TooLarge:
+    except HeaderTooLarge:
         raise
     except Exception as error:  # decoders raise many types for corrupt files
         raise ValueError(f"{path}: unreadable mask image ({type(error).__name__}: {error})") from None
@@ -93,7 +102,7 @@ def read_tile_image(path: Path) -> np.ndarray:
     """A released tile as a checked 512x512x3 uint8 array; ``ValueError`` naming the file otherwise."""
     try:
         image = _read_tiff(path)
-    except _TooLarge:
+    except HeaderTooLarge:
         raise
     except Exception as error:  # tifffile raises many types for corrupt files
         raise ValueError(f"{path}: unreadable TIFF ({type(error).__name__}: {error})") from None
@@ -145,9 +154,9 @@ def read_released_map(path: Path) -> ReleasedMask:
     try:
         with Image.open(io.BytesIO(data)) as image:
             mode, size = image.mode, image.size
-            _check_header(path, (image.height, image.width, len(image.getbands())))
+            check_declared(path, (image.height, image.width, len(image.getbands())))
             array = np.asarray(image)
-    except _TooLarge:
+    except HeaderTooLarge:
         raise
     except UnidentifiedImageError:
         raise ValueError(f"{path}: unreadable PNG (not a PNG image)") from None

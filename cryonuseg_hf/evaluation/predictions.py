@@ -33,6 +33,7 @@ import numpy as np
 from cryonuseg_hf.core.folds import TILE_IDS
 from cryonuseg_hf.core.tiles import TILE_SHAPE
 from cryonuseg_hf.data.outlines import read_geojson_labels, read_roiset_labels
+from cryonuseg_hf.data.readers import HeaderTooLarge, check_declared
 from cryonuseg_hf.evaluation.metrics import as_label_image
 
 FORMATS: dict[str, str] = {
@@ -48,7 +49,6 @@ FORMATS: dict[str, str] = {
 _TILE_IN_NAME = re.compile(r"(?<![A-Za-z0-9])Human_([A-Za-z]+)_(\d{2})(?!\d)", re.IGNORECASE)
 _SPELLING_FIXES = {"thyreoidgland": "thyroidgland"}  # as in some released RoiSet names
 _CANONICAL = {t.lower(): t for t in TILE_IDS}
-_MAX_VALUES_PER_PIXEL = 4  # a header may declare a few channels or planes; more is not one tile's labels
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -64,19 +64,13 @@ def _problem(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-class _Refused(Exception):
-    """A readable file refused by a check (its message is the user's), as opposed to a decoder's failure."""
+_ADVICE = "give one label image per tile, at the tile's resolution"
 
 
 def _check_declared(path: Path, declared: tuple[int, ...], shape: tuple[int, int] | None) -> None:
-    """Refuse, before decoding, an image whose header declares far more values than the tile has (a few
-    channels or planes are left to the checks after decoding, which say what is wrong with them)."""
-    values = float(np.prod(declared, dtype=np.float64))
-    if shape is not None and values > _MAX_VALUES_PER_PIXEL * shape[0] * shape[1]:
-        raise _Refused(
-            f"{path}: its header declares an image of shape {declared}, far larger than the "
-            f"{shape[0]}x{shape[1]} tile; give one label image per tile, at the tile's resolution"
-        )
+    """:func:`~cryonuseg_hf.data.readers.check_declared` against the tile a prediction is for (None: no check)."""
+    if shape is not None:
+        check_declared(path, declared, shape, _ADVICE)
 
 
 def _decode_image(path: Path, shape: tuple[int, int] | None) -> tuple[np.ndarray, str | None]:
@@ -110,7 +104,7 @@ def read_prediction_labels(path: str | Path, shape: tuple[int, int] | None = Non
     path = Path(path)
     try:
         array, mode = _decode_image(path, shape)
-    except _Refused as refusal:
+    except HeaderTooLarge as refusal:
         raise ValueError(str(refusal)) from None
     except Exception as error:  # PIL and tifffile raise many types for corrupt files
         raise ValueError(f"{path}: not a readable image ({_problem(error)})") from None
@@ -195,7 +189,7 @@ def read_hovernet_mat(path: str | Path, shape: tuple[int, int] | None = None) ->
         contents = loadmat(path, variable_names=["inst_map"])
         if "inst_map" not in contents:
             found = sorted(declared) if declared is not None else sorted(n for n, _, _ in whosmat(path))
-    except _Refused as refusal:
+    except HeaderTooLarge as refusal:
         raise ValueError(str(refusal)) from None
     except NotImplementedError:  # scipy's answer to v7.3 (HDF5) files
         raise ValueError(

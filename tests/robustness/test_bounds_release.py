@@ -56,7 +56,7 @@ def test_released_file_claiming_a_huge_image(release, tmp_path, which):
     with bounded(seconds=60, megabytes=400):
         result = run_cli("check", "--source", root)
     assert_user_error(
-        result, f"{path}: its header declares an image of shape", "far larger than a 512x512 tile"
+        result, f"{path}: its header declares an image of shape", "far larger than the 512x512 tile"
     )
 
 
