@@ -313,6 +313,45 @@ def test_tta_averages_views(predictor, tile):
     np.testing.assert_allclose(flipped[:, :, ::-1], averaged, atol=1e-4)
 
 
+def test_phases_average_the_grid_phase_away(predictor, tile):
+    """A model whose output depends on where a pixel falls on a grid of 3 (as SegFormer's logits do on theirs)
+    gives the same at every pixel once three phases are averaged; the real model's probabilities keep summing to 1
+    and change less when the image moves by a pixel."""
+    from dataclasses import replace
+
+    def gridded(batch: np.ndarray) -> np.ndarray:
+        rows = np.arange(batch.shape[2])[:, None] % 3 == 0
+        on_grid = np.broadcast_to(rows, batch.shape[2:]).astype(np.float32)
+        return np.stack([1 - on_grid, on_grid, np.zeros_like(on_grid)])[None].repeat(len(batch), 0)
+
+    stand_in = replace(predictor, run=gridded)
+    image = tile[:50, :70]
+    assert len(np.unique(stand_in.probabilities(image)[1])) == 2
+    averaged = replace(stand_in, phases=3).probabilities(image)[1]
+    np.testing.assert_allclose(averaged[:-2, :-2], 1 / 3, atol=1e-6)  # the last 2 rows see fewer phases
+    assert replace(stand_in, phases=3).probabilities(image[:1, :1]).shape == (3, 1, 1)
+
+    small = tile[:96, :96]
+    three = replace(predictor, phases=3)
+    averaged = three.probabilities(small)
+    np.testing.assert_allclose(averaged.sum(0), 1.0, atol=1e-5)
+    moved = three.probabilities(small[1:, 1:])[:, :-1, :-1]
+    plain_moved = predictor.probabilities(small[1:, 1:])[:, :-1, :-1]
+    core = (slice(None), slice(16, -16), slice(16, -16))  # away from the edges, which move
+    change = np.abs(averaged[:, 1:-1, 1:-1] - moved)[core].mean()
+    plain_change = np.abs(predictor.probabilities(small)[:, 1:-1, 1:-1] - plain_moved)[core].mean()
+    assert change < plain_change
+
+
+def test_phases_are_checked(checkpoint):
+    from cryonuseg_hf.model.predict import load_predictor
+
+    assert load_predictor(checkpoint, "cpu", "torch", phases=3).phases == 3
+    for bad in (0, 9, 2.5):
+        with pytest.raises(ValueError, match="phases must be a whole number from 1 to 8"):
+            load_predictor(checkpoint, "cpu", "torch", phases=bad)
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     from cryonuseg_hf.model.predict import load_predictor
 
@@ -412,6 +451,8 @@ def test_cli_batch_with_bad_files_finishes_the_others(tmp_path, tile, checkpoint
         str(checkpoint),
         "--threads",
         "2",
+        "--phases",
+        "2",  # the 1x1 image too small for a second phase keeps its one
     ]
     assert main(argv) == 1
     err = capsys.readouterr().err
@@ -424,6 +465,8 @@ def test_cli_batch_with_bad_files_finishes_the_others(tmp_path, tile, checkpoint
     assert "--overwrite" in capsys.readouterr().err
     assert before == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(["predict", str(good), "-o", str(out), "--model", str(checkpoint), "--overwrite"]) == 0
+    assert main(["predict", str(good), "-o", str(out), "--model", str(checkpoint), "--phases", "9"]) != 0
+    assert "phases must be a whole number from 1 to 8, got 9" in capsys.readouterr().err
 
 
 def test_cli_unwritable_output_folder(tmp_path, checkpoint, tile, capsys):

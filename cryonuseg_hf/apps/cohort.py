@@ -64,6 +64,7 @@ class ModelChoice:
     threads: int | None = None
     head: str = "stock"
     precision: str = "fp32"
+    phases: int = 1
 
 
 # ------------------------------------------------------------------------------------------------- the inputs
@@ -171,7 +172,13 @@ def worker_predictor(choice: ModelChoice) -> tuple[Any, float | None]:
         if torch.cuda.device_count() > 1 and name.isdigit():
             torch.cuda.set_device(int(name) % torch.cuda.device_count())
     _PREDICTORS[choice] = load_predictor(
-        choice.model, choice.device, choice.backend, choice.threads, choice.head, choice.precision
+        choice.model,
+        choice.device,
+        choice.backend,
+        choice.threads,
+        choice.head,
+        choice.precision,
+        choice.phases,
     )
     return _PREDICTORS[choice], time.perf_counter() - started
 

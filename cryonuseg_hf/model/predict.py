@@ -28,7 +28,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,9 @@ _PAD_MULTIPLE = 32  # SegFormer downsamples by 32 in its last stage
 _MAX_GRID_STEP = 128  # tiles of 512 px with 64 px margins keep a core of 257 px or more
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("fp32", "bf16")
+MAX_PHASES = 8
+"""The most phases a predictor averages: the logit grid repeats every 2.67 image pixels at input scale 1.5, so
+more offsets add model passes and no new phase."""
 BLEND_OVERLAP = 64
 """Default least overlap of blended windows, image pixels (see :mod:`cryonuseg_hf.model.blending`). On a 2048 px
 mosaic of 16 annotated tiles (``results/predict_levers.md``) 64 px scores as tiles that own their nuclei do, while
@@ -73,6 +76,10 @@ class Predictor:
         run: (N, 3, H, W) float32 RGB in 0..255 -> (N, C, H, W) float32 probabilities at the same size.
         head: the decode head run, ``stock`` or ``folded``.
         precision: ``fp32`` or ``bf16``.
+        phases: views averaged at diagonal offsets of 0 .. ``phases`` - 1 pixels (1 = the image as it is). The
+            logits lie on a grid of 4 model pixels (2.67 image pixels at input scale 1.5); averaging the grid's
+            phases makes the probabilities, and the nuclei, depend less on where an image's edge falls
+            (``experiments/results/phase_views/phase_views.md``). Costs ``phases`` model passes.
     """
 
     model_path: Path
@@ -83,18 +90,38 @@ class Predictor:
     run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     head: str = "stock"
     precision: str = "fp32"
+    phases: int = 1
 
     def probabilities(self, image: np.ndarray, tta: bool = False) -> np.ndarray:
         """(C, H, W) float32 class probabilities of an (H, W, 3) uint8 image, at image resolution.
 
         The image is padded (mirrored) to a multiple of 32 pixels and at least 32 on each side, and the padding is
-        cut off the result. ``tta`` averages over the 8 flips and rotations (8x slower).
+        cut off the result. ``tta`` averages over the 8 flips and rotations (8x slower), in each of the
+        predictor's ``phases``.
         """
         return self.batch_probabilities(image[None], tta=tta)[0]
 
     def batch_probabilities(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, C, H, W) float32 class probabilities of (N, H, W, 3) uint8 images of one size, in one model call
-        (eight with ``tta``); padded as :meth:`probabilities` pads one image."""
+        (``phases`` calls, eight times as many with ``tta``); padded as :meth:`probabilities` pads one image."""
+        if self.phases == 1:
+            return self._views(images, tta)
+        n, (height, width) = self.phases - 1, images.shape[1:3]
+        padded = np.pad(images, ((0, 0), (n, 0), (n, 0), (0, 0)), mode="symmetric")
+        total, count = None, np.zeros((height, width), np.float32)
+        for k in range(min(self.phases, height, width)):
+            # the images k pixels down and right of the window's corner, their last k rows and columns cut: every
+            # window has the images' size, and the pixels of the last rows and columns average fewer phases
+            window = np.ascontiguousarray(padded[:, n - k : n - k + height, n - k : n - k + width])
+            p = self._views(window, tta)[:, :, k:, k:]
+            if total is None:
+                total = np.zeros((*p.shape[:2], height, width), np.float32)
+            total[:, :, : height - k, : width - k] += p
+            count[: height - k, : width - k] += 1
+        return total / count
+
+    def _views(self, images: np.ndarray, tta: bool) -> np.ndarray:
+        """The probabilities of one phase: the model's on the padded images, or the mean of its 8 views."""
         height, width = images.shape[1:3]
         pad_h = max(_PAD_MULTIPLE, -(-height // _PAD_MULTIPLE) * _PAD_MULTIPLE) - height
         pad_w = max(_PAD_MULTIPLE, -(-width // _PAD_MULTIPLE) * _PAD_MULTIPLE) - width
@@ -162,6 +189,7 @@ def load_predictor(
     threads: int | None = None,
     head: str = "stock",
     precision: str = "fp32",
+    phases: int = 1,
 ) -> Predictor:
     """Load a checkpoint for prediction (cached: loading the same one again is free).
 
@@ -177,10 +205,13 @@ def load_predictor(
             same function with its fuse layer folded away, about a quarter less CPU time).
         precision: ``fp32``, or ``bf16`` (openvino and torch: bfloat16 matrix products; checked against torch with
             the tolerance of :mod:`cryonuseg_hf.model.openvino_backend`).
+        phases: 1 to 8 views averaged at diagonal offsets of 0 .. ``phases`` - 1 pixels (:class:`Predictor`);
+            3 costs three model passes and is far steadier when the image moves by a pixel.
 
     Raises:
         FileNotFoundError: no checkpoint there.
-        ValueError: unknown backend, device, head or precision; bf16 on onnxruntime; CUDA asked for without a GPU.
+        ValueError: unknown backend, device, head, precision or phases; bf16 on onnxruntime; CUDA asked for
+            without a GPU.
         ImportError: openvino asked for but not installed.
         cryonuseg_hf.model.onnx_backend.OnnxMismatchError: the exported model disagrees with torch.
     """
@@ -192,6 +223,8 @@ def load_predictor(
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not (isinstance(phases, int) and 1 <= phases <= MAX_PHASES):
+        raise ValueError(f"phases must be a whole number from 1 to {MAX_PHASES}, got {phases!r}")
     if precision == "bf16" and backend in ("onnx", "auto"):
         raise ValueError(
             f"precision bf16 needs backend openvino (CPU) or torch (GPU), not {backend}: onnxruntime runs fp32"
@@ -201,7 +234,7 @@ def load_predictor(
     if backend == "openvino" and device != "cpu":
         raise ValueError("the openvino backend runs on the CPU; use --backend torch on a GPU")
     try:
-        return _load_predictor(path, device, backend, threads, head, precision)
+        return replace(_load_predictor(path, device, backend, threads, head, precision), phases=phases)
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as error:  # transformers, safetensors and json raise many types for a damaged checkpoint
