@@ -1,9 +1,9 @@
 """Views of a tile averaged before the post-processing: accuracy and shift stability of each, on fold models.
 
 SegFormer's logits lie on a grid of 4 model pixels, 2.67 image pixels at input scale 1.5, so a tile moved by one
-pixel is sampled at another phase of that grid and its probabilities change (by 0.025 on average): the
-post-processing turns that into nuclei split, merged or dropped differently. Averaging views at several phases
-makes the result depend less on where the tile falls. Each view set is scored here, per fold model:
+pixel is sampled at another phase of that grid and its probabilities change: the post-processing turns that
+into nuclei split, merged or dropped differently. Averaging views at several phases makes the result depend less
+on where the tile falls. Each view set is scored here, per fold model:
 
 - its post-processing is tuned on the fold's tuning tiles (training tiles only, against the three mark-ups, as
   ``train --all-markups`` tunes), then it labels the fold's held-out tiles, scored against every mark-up;
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,7 @@ VIEWS: dict[str, tuple[int, Callable]] = {
         3,
         lambda pr, im: shifted_views(pr, im, [(0, 0), (1, 1), (2, 2)]),
     ),
+    "predict --phases 3 (the package's)": (3, lambda pr, im: replace(pr, phases=3).probabilities(im)),
     "4 phases: offsets {0, 1} x {0, 1}": (
         4,
         lambda pr, im: shifted_views(pr, im, [(0, 0), (0, 1), (1, 0), (1, 1)]),
@@ -95,6 +97,10 @@ BORROWED = {
     "2 views, the one pass's thresholds": ("2 views: as is + both axes flipped", "one pass (default path)"),
     "3 phases, the one pass's thresholds": (
         "3 phases: offsets (0, 0), (1, 1), (2, 2)",
+        "one pass (default path)",
+    ),
+    "predict --phases 3, the one pass's thresholds (as the checkpoint carries them)": (
+        "predict --phases 3 (the package's)",
         "one pass (default path)",
     ),
     "8 flips/rotations, the one pass's thresholds (as train --cv predicts)": (
