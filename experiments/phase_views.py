@@ -90,6 +90,10 @@ VIEWS: dict[str, tuple[int, Callable]] = {
         lambda pr, im: shifted_views(pr, im, [(0, 0), (0, 1), (1, 0), (1, 1)]),
     ),
     "8 flips/rotations (the CV's TTA)": (8, lambda pr, im: pr.probabilities(im, tta=True)),
+    "8 flips/rotations x 3 phases (predict --tta --phases 3)": (
+        24,
+        lambda pr, im: replace(pr, phases=3).probabilities(im, tta=True),
+    ),
 }
 
 
@@ -101,6 +105,10 @@ BORROWED = {
     ),
     "predict --phases 3, the one pass's thresholds (as the checkpoint carries them)": (
         "predict --phases 3 (the package's)",
+        "one pass (default path)",
+    ),
+    "8 flips/rotations x 3 phases, the one pass's thresholds": (
+        "8 flips/rotations x 3 phases (predict --tta --phases 3)",
         "one pass (default path)",
     ),
     "8 flips/rotations, the one pass's thresholds (as train --cv predicts)": (
