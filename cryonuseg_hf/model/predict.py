@@ -48,8 +48,8 @@ _MAX_GRID_STEP = 128  # tiles of 512 px with 64 px margins keep a core of 257 px
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("fp32", "bf16")
 MAX_PHASES = 8
-"""The most phases a predictor averages: the logit grid repeats every 2.67 image pixels at input scale 1.5, so
-more offsets add model passes and no new phase."""
+"""The most phases a predictor averages. The logit grid repeats every 2.67 image pixels at input scale 1.5 (4 at
+scale 1): offsets past that add model passes at phases close to ones already averaged."""
 BLEND_OVERLAP = 64
 """Default least overlap of blended windows, image pixels (see :mod:`cryonuseg_hf.model.blending`). On a 2048 px
 mosaic of 16 annotated tiles (``results/predict_levers.md``) 64 px scores as tiles that own their nuclei do, while
@@ -223,7 +223,7 @@ def load_predictor(
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if not (isinstance(phases, int) and 1 <= phases <= MAX_PHASES):
+    if isinstance(phases, bool) or not (isinstance(phases, int) and 1 <= phases <= MAX_PHASES):
         raise ValueError(f"phases must be a whole number from 1 to {MAX_PHASES}, got {phases!r}")
     if precision == "bf16" and backend in ("onnx", "auto"):
         raise ValueError(
